@@ -1,0 +1,14 @@
+"""The robot layout described by the typed config (the one place config meets kinematics)."""
+
+from __future__ import annotations
+
+from ate_core.config import BimanualConfig
+from ate_core.robot.layout import ArmPlacement, BimanualLayout, MountPose
+from ate_core.robot.models import arm_model
+
+
+def layout_from_config(cfg: BimanualConfig) -> BimanualLayout:
+    return BimanualLayout(tuple(
+        ArmPlacement(side, arm_model(arm.model), MountPose(arm.mount.xyz_m, arm.mount.rpy_rad),
+                     joint_name_overrides=arm.joint_names, gripper_joint_name=arm.gripper_joint)
+        for side, arm in cfg.arms.items()))

@@ -1,0 +1,1 @@
+"""Robot-side logic shared by the ROS nodes and offline evaluation; pure, time passed in."""

@@ -1,0 +1,121 @@
+"""``ate_bringup``: the simulated bimanual robot in one process, with a status report.
+
+This is what ``ros2 launch ate_ros bimanual.launch.py sim:=true`` starts, run without the
+``launch`` tool: the controller emulators of both arms, then every node of
+``ate_ros.graph.robot_graph`` in one executor. It watches the topics for ``--duration``
+seconds (0: until Ctrl-C) and prints what it saw.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+import time
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import JointState
+
+from ate_core.config import BimanualConfig, ConfigError, load_config, simulated
+from ate_core.robot.from_config import layout_from_config
+from ate_ros.graph import NodeSpec, in_process, robot_graph
+from ate_ros.node_host import NodeHost
+from ate_ros.nodes.joint_state_aggregator import JointStateAggregator
+from ate_ros.resources import default_config_path
+from ate_ros.sim.bimanual import SimulatedArms
+
+#: Executables of this package that the bringup can run in-process, by name.
+NODE_CLASSES = {
+    "joint_state_aggregator": JointStateAggregator,
+}
+
+
+class TopicWatch:
+    """Counts messages per topic and keeps the newest whole-robot joint state."""
+
+    def __init__(self, node: Node, topics: Sequence[str]) -> None:
+        self._lock = threading.Lock()
+        self.counts: Dict[str, int] = {t: 0 for t in topics}
+        self.latest: Optional[JointState] = None
+        for topic in topics:
+            node.create_subscription(JointState, topic, lambda m, t=topic: self._on(t, m),
+                                     qos_profile_sensor_data)
+
+    def _on(self, topic: str, msg: JointState) -> None:
+        with self._lock:
+            self.counts[topic] += 1
+            if topic == "/joint_states":
+                self.latest = msg
+
+
+def start_nodes(host: NodeHost, specs: List[NodeSpec]) -> List[Node]:
+    nodes = []
+    for spec in specs:
+        params = [Parameter(k, value=v) for k, v in spec.parameters.items()]
+        nodes.append(host.start(NODE_CLASSES[spec.executable], namespace=spec.namespace or None,
+                                parameter_overrides=params))
+    return nodes
+
+
+def report(cfg: BimanualConfig, sim: SimulatedArms, nodes: List[Node], skipped: List[NodeSpec],
+           watch: TopicWatch, seconds: float) -> str:
+    layout = layout_from_config(cfg)
+    lines = ["ate_bringup: simulated bimanual robot"]
+    for side, emulator in sim.emulators.items():
+        arm = getattr(cfg.arms, side)
+        lines.append(f"  controller {side:<5} {arm.model} emulated at {arm.ip}:{arm.tcp_port}, "
+                     f"state push -> UDP {arm.udp_port}, {emulator.packets_sent} packets sent")
+    lines.append("  nodes: " + ", ".join(n.get_fully_qualified_name() for n in nodes))
+    if skipped:
+        lines.append("  left to `ros2 launch`: " + ", ".join(s.executable for s in skipped))
+    for topic, count in watch.counts.items():
+        lines.append(f"  {topic:<28} {count / seconds:7.1f} Hz over {seconds:.1f} s")
+    for side, arm in cfg.arms.items():
+        q = np.asarray(arm.home_rad)
+        source = "home pose (no joint state yet)"
+        if watch.latest is not None and set(arm.joint_names) <= set(watch.latest.name):
+            pos = dict(zip(watch.latest.name, watch.latest.position))
+            q, source = np.array([pos[n] for n in arm.joint_names]), "measured"
+        xyz = layout.arm(side).tcp_pose(q)[:3, 3]
+        lines.append(f"  {side:<5} TCP at ({xyz[0]:+.3f}, {xyz[1]:+.3f}, {xyz[2]:+.3f}) m in "
+                     f"base_link, {source}")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="ate_bringup", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=str(default_config_path()), help="robot config YAML")
+    parser.add_argument("--duration", type=float, default=5.0,
+                        help="seconds to run before reporting (0: until Ctrl-C)")
+    parser.add_argument("--domain-id", type=int, default=None,
+                        help="ROS_DOMAIN_ID (default: the environment's)")
+    args = parser.parse_args(argv)
+    try:
+        cfg = simulated(load_config(args.config))
+    except ConfigError as e:
+        print(f"ate_bringup: {e}", file=sys.stderr)
+        return 2
+
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    specs, skipped = in_process(robot_graph(cfg, args.config, urdf_xml=""))
+    with SimulatedArms(cfg) as sim, NodeHost(domain_id=args.domain_id, name="bringup") as host:
+        nodes = start_nodes(host, specs)
+        topics = ["/joint_states"] + [f"/{side}_arm/{cfg.topics.arm_joint_states}"
+                                      for side, _ in cfg.arms.items()]
+        watch = TopicWatch(host.node("bringup_status"), topics)
+        started = time.monotonic()
+        stop.wait(args.duration if args.duration > 0 else None)
+        print(report(cfg, sim, nodes, skipped, watch, time.monotonic() - started), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

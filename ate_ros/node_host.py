@@ -1,0 +1,79 @@
+"""Running several nodes in one process: one context, one executor, one named spin thread.
+
+The in-process bringup and the tests both use this, so what the tests start is what the
+bringup starts. Each host has its own rclpy Context (and so its own DDS participant set and
+ROS domain), which is what lets tests run side by side without hearing each other.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Callable, List, Optional, TypeVar
+
+import rclpy
+from rclpy.context import Context
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+
+N = TypeVar("N", bound=Node)
+
+
+class NodeHost:
+    def __init__(self, domain_id: Optional[int] = None, num_threads: int = 4,
+                 name: str = "ate") -> None:
+        self.context = Context()
+        rclpy.init(context=self.context, domain_id=domain_id)
+        self.executor = MultiThreadedExecutor(num_threads=num_threads, context=self.context)
+        self._nodes: List[Node] = []
+        self._closed = False
+        self._thread = threading.Thread(target=self._spin, name=f"{name}-executor", daemon=True)
+        self._thread.start()
+
+    def _spin(self) -> None:
+        try:
+            self.executor.spin()
+        except ExternalShutdownException:
+            pass
+
+    def add(self, node: N) -> N:
+        """Spin an already created node (it must use this host's context)."""
+        self._nodes.append(node)
+        self.executor.add_node(node)
+        return node
+
+    def start(self, factory: Callable[..., N], *args, **kwargs) -> N:
+        """Create a node in this host's context and spin it."""
+        return self.add(factory(*args, context=self.context, **kwargs))
+
+    def node(self, name: str) -> Node:
+        """A plain node (for test probes and small helpers)."""
+        return self.start(Node, name)
+
+    @property
+    def nodes(self) -> List[Node]:
+        return list(self._nodes)
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Stop spinning, destroy every node, shut the context down; safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        self.executor.shutdown(timeout_sec=timeout_s)
+        self._thread.join(timeout_s)
+        # rclpy 7 (Jazzy) never stops the MultiThreadedExecutor's worker pool, so every host
+        # would leave its threads behind; newer rclpy shuts the pool down itself.
+        pool = getattr(self.executor, "_executor", None)
+        if pool is not None:
+            pool.shutdown(wait=True)
+        for node in reversed(self._nodes):
+            node.destroy_node()
+        self._nodes.clear()
+        rclpy.try_shutdown(context=self.context)
+        if self._thread.is_alive():
+            raise RuntimeError(f"executor thread {self._thread.name} did not stop in {timeout_s} s")
+
+    def __enter__(self) -> "NodeHost":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,1 @@
+"""Simulated hardware: the RealMan controller emulator the sim bringup and the tests drive."""

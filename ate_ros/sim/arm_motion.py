@@ -1,0 +1,526 @@
+"""Pure motion model of one RealMan arm controller and its gripper, for the emulator.
+
+The emulator owns the sockets and the clock; this module only integrates. Every method takes
+the time it needs (`dt`, `now`) as an argument, so the same model runs under the emulator's
+5 ms tick, in unit tests and under hypothesis with arbitrary step sizes.
+
+One tracker moves the joints in every mode: each step it follows a reference position under
+the arm model's per-joint velocity and acceleration limits and never runs past a joint limit.
+What differs between modes is only how the reference is produced:
+
+- pass-through (`movej_canfd`, low follow): the reference is interpolated from the previous
+  target to the new one over the measured stream period, so a 100 Hz stream is followed
+  smoothly one period behind (RealMan's 3.7.3+ "online planner" for low follow);
+- pass-through, high follow: the reference jumps to each target (the controller hands targets
+  straight to the joints); the tracker still enforces the limits;
+- planned `movej`: a synchronised trapezoid in joint space at `v` percent of the speed limit;
+- hold: the reference stays where the arm is.
+
+`set_arm_stop` zeroes the velocity at once (that is what the controller's quick stop does);
+`set_arm_slow_stop` decelerates every joint to rest together, along the current direction.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Hashable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ate_core.robot.models import GRIPPER_MAX_OPENING_M, ArmModel
+
+#: System error "target angle over limit" (RealMan errorList 0x1002), raised when a target
+#: lies outside the joint range; it stays in `err` until `clear_system_err`.
+ERR_TARGET_OVER_LIMIT = 0x1002
+
+#: `device` field of the controller's `current_trajectory_state` completion event.
+ARM_DEVICE = 0
+GRIPPER_DEVICE = 1
+
+#: A pass-through target arriving later than this after the previous one starts a new stream:
+#: the old period estimate no longer says anything about the sender's rate.
+STREAM_RESTART_GAP_S = 0.1
+#: After the last pass-through target, the arm reports `idle` again once it rests this long.
+THROUGH_IDLE_AFTER_S = 0.2
+#: A planned move counts as arrived (completion event sent) inside these tolerances.
+ARRIVAL_TOLERANCE_RAD = 1e-5
+ARRIVAL_SPEED_RAD_S = 1e-3
+#: Planned moves use slightly less than the acceleration limit so that the tracker's
+#: corrections (rounding, a move started while the arm still moves) stay within the limit.
+PLAN_ACCELERATION_FRACTION = 0.9
+
+#: Gripper wire range and speed: RealMan's 1..1000 position spans 0..70 mm of opening;
+#: `speed` 1..1000 is dimensionless. The emulator maps speed 1000 to a full stroke in 0.5 s.
+GRIPPER_WIRE_MIN = 1
+GRIPPER_WIRE_MAX = 1000
+GRIPPER_DEFAULT_SPEED = 500
+GRIPPER_WIRE_PER_S_PER_SPEED = 2.0
+
+
+class ArmStatus:
+    """The `arm_current_status` strings of the UDP push (udpConfig.md) this model produces."""
+
+    IDLE = "idle"
+    MOVE_J = "move_J"
+    MOVE_THROUGH_JOINT = "move_through_joint"
+    STOP = "stop"
+    SLOW_STOP = "slow_stop"
+
+
+class GripperMode:
+    """`get_gripper_state.mode` values (RealMan json/endTool.md)."""
+
+    OPEN_IDLE = 1
+    CLOSED_IDLE = 2
+    STOPPED_IDLE = 3
+    CLOSING = 4
+    OPENING = 5
+    FORCE_STOPPED = 6
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """A planned motion reached its goal: the controller's `current_trajectory_state` event.
+
+    `tag` is whatever the caller passed with the command (the emulator passes the connection
+    that asked, because the event goes back on that connection).
+    """
+
+    device: int
+    tag: Hashable
+
+
+def _stopping_speed(distance: np.ndarray, accel: np.ndarray, dt: float) -> np.ndarray:
+    """Highest speed from which a discrete arm (speed changes by at most accel*dt per step,
+    then moves speed*dt) still stops within `distance`, and never passes it in one step.
+
+    Moving at m*accel*dt covers accel*dt^2*m(m+1)/2 before rest; solving for m gives the
+    bound. The continuous sqrt(2*a*d) would overshoot by up to a step at 5 ms.
+    """
+    d = np.maximum(distance, 0.0)
+    adt = accel * dt
+    m = np.sqrt(0.25 + 2.0 * d / (accel * dt * dt)) - 0.5
+    return np.minimum(adt * m, d / dt)
+
+
+class _JointMove:
+    """Synchronised joint-space trapezoid: all joints start and stop together on a straight
+    line in joint space, the slowest joint (relative to its distance) setting the pace."""
+
+    def __init__(self, start: np.ndarray, goal: np.ndarray, vmax: np.ndarray,
+                 amax: np.ndarray) -> None:
+        self.start = start.copy()
+        self.goal = goal.copy()
+        self._delta = goal - start
+        dist = np.abs(self._delta)
+        moving = dist > 1e-12
+        if not np.any(moving):
+            self.duration = 0.0
+            self._t_acc = 0.0
+            self._v_s = 0.0
+            self._a_s = 1.0
+            return
+        v_s = float(np.min(vmax[moving] / dist[moving]))
+        a_s = float(np.min(amax[moving] / dist[moving]))
+        if v_s * v_s / a_s >= 1.0:
+            # Too short to reach cruise speed: a triangle profile.
+            t_acc = math.sqrt(1.0 / a_s)
+            v_s = a_s * t_acc
+            self.duration = 2.0 * t_acc
+        else:
+            t_acc = v_s / a_s
+            self.duration = 1.0 / v_s + t_acc
+        self._t_acc = t_acc
+        self._v_s = v_s
+        self._a_s = a_s
+
+    def position_at(self, t: float) -> np.ndarray:
+        if t >= self.duration:
+            return self.goal.copy()
+        t = max(t, 0.0)
+        t_acc, v_s, a_s, total = self._t_acc, self._v_s, self._a_s, self.duration
+        if t < t_acc:
+            s = 0.5 * a_s * t * t
+        elif t < total - t_acc:
+            s = 0.5 * v_s * t_acc + v_s * (t - t_acc)
+        else:
+            s = 1.0 - 0.5 * a_s * (total - t) ** 2
+        return self.start + s * self._delta
+
+
+def _mdh_flange_transform(model: ArmModel, q_rad: np.ndarray) -> np.ndarray:
+    """Base-to-flange transform of the modified DH chain, T_i = RotX(alpha) Tx(a) RotZ(q+off) Tz(d).
+
+    Kept private and minimal on purpose: the emulator needs a flange pose for its push and
+    `current_arm_state`; the project's kinematics live in `ate_core.robot`.
+    """
+    t = np.eye(4)
+    for joint, q in zip(model.mdh, q_rad):
+        ca, sa = math.cos(joint.alpha_rad), math.sin(joint.alpha_rad)
+        ct, st = math.cos(q + joint.offset_rad), math.sin(q + joint.offset_rad)
+        link = np.array([
+            [ct, -st, 0.0, joint.a_m],
+            [st * ca, ct * ca, -sa, -sa * joint.d_m],
+            [st * sa, ct * sa, ca, ca * joint.d_m],
+            [0.0, 0.0, 0.0, 1.0],
+        ])
+        t = t @ link
+    return t
+
+
+def _euler_xyz(r: np.ndarray) -> Tuple[float, float, float]:
+    """RealMan's (rx, ry, rz): fixed-axis X-Y-Z angles, R = Rz(rz) Ry(ry) Rx(rx)."""
+    ry = math.atan2(-r[2, 0], math.hypot(r[0, 0], r[1, 0]))
+    rx = math.atan2(r[2, 1], r[2, 2])
+    rz = math.atan2(r[1, 0], r[0, 0])
+    return rx, ry, rz
+
+
+def _quaternion_wxyz(r: np.ndarray) -> Tuple[float, float, float, float]:
+    trace = r[0, 0] + r[1, 1] + r[2, 2]
+    if trace > 0.0:
+        s = 2.0 * math.sqrt(trace + 1.0)
+        w, x, y, z = 0.25 * s, (r[2, 1] - r[1, 2]) / s, (r[0, 2] - r[2, 0]) / s, (r[1, 0] - r[0, 1]) / s
+    elif r[0, 0] > r[1, 1] and r[0, 0] > r[2, 2]:
+        s = 2.0 * math.sqrt(1.0 + r[0, 0] - r[1, 1] - r[2, 2])
+        w, x, y, z = (r[2, 1] - r[1, 2]) / s, 0.25 * s, (r[0, 1] + r[1, 0]) / s, (r[0, 2] + r[2, 0]) / s
+    elif r[1, 1] > r[2, 2]:
+        s = 2.0 * math.sqrt(1.0 + r[1, 1] - r[0, 0] - r[2, 2])
+        w, x, y, z = (r[0, 2] - r[2, 0]) / s, (r[0, 1] + r[1, 0]) / s, 0.25 * s, (r[1, 2] + r[2, 1]) / s
+    else:
+        s = 2.0 * math.sqrt(1.0 + r[2, 2] - r[0, 0] - r[1, 1])
+        w, x, y, z = (r[1, 0] - r[0, 1]) / s, (r[0, 2] + r[2, 0]) / s, (r[1, 2] + r[2, 1]) / s, 0.25 * s
+    if w < 0.0:
+        w, x, y, z = -w, -x, -y, -z
+    return float(w), float(x), float(y), float(z)
+
+
+@dataclass(frozen=True)
+class FlangePose:
+    """Flange pose in the base frame, in the forms the controller reports."""
+
+    position_m: Tuple[float, float, float]
+    euler_rad: Tuple[float, float, float]
+    quaternion_wxyz: Tuple[float, float, float, float]
+
+
+class ArmMotion:
+    """Joint motion of one arm under its controller's limits (not thread-safe; the emulator
+    serialises access)."""
+
+    def __init__(self, model: ArmModel, initial_joints_rad: Optional[Sequence[float]] = None) -> None:
+        self.model = model
+        n = model.dof
+        self._lower = np.asarray(model.lower_rad, dtype=float)
+        self._upper = np.asarray(model.upper_rad, dtype=float)
+        self._vmax = np.asarray(model.max_velocity_rad_s, dtype=float)
+        self._amax = np.asarray(model.max_acceleration_rad_s2, dtype=float)
+        q0 = np.zeros(n) if initial_joints_rad is None else np.asarray(initial_joints_rad, float)
+        if q0.shape != (n,):
+            raise ValueError(f"{model.name}: initial joints need {n} values, got {q0.size}")
+        if not self.within_limits(q0):
+            raise ValueError(f"{model.name}: initial joints {np.degrees(q0).round(3).tolist()} deg "
+                             f"lie outside the joint limits")
+        self._q = q0.copy()
+        self._v = np.zeros(n)
+        self._ref = q0.copy()
+        self._status = ArmStatus.IDLE
+        self._errors: List[int] = []
+        self._powered = True
+        # pass-through stream
+        self._seg_from = q0.copy()
+        self._seg_to = q0.copy()
+        self._seg_duration_s = 0.0
+        self._seg_elapsed_s = 0.0
+        self._last_stream_now: Optional[float] = None
+        self._stream_period_s: Optional[float] = None
+        self._since_stream_s = 0.0
+        # planned move
+        self._move: Optional[_JointMove] = None
+        self._move_elapsed_s = 0.0
+        self._move_tag: Hashable = None
+        # slow stop: per-joint deceleration that brings all joints to rest together
+        self._slow_decel = np.zeros(n)
+
+    # ---- state -------------------------------------------------------------------------
+    @property
+    def joints_rad(self) -> np.ndarray:
+        return self._q.copy()
+
+    @property
+    def velocities_rad_s(self) -> np.ndarray:
+        return self._v.copy()
+
+    @property
+    def status(self) -> str:
+        return self._status
+
+    @property
+    def errors(self) -> Tuple[int, ...]:
+        return tuple(self._errors)
+
+    @property
+    def powered(self) -> bool:
+        return self._powered
+
+    @property
+    def planned_move_active(self) -> bool:
+        """True while a `movej` runs: the controller then reports trajectory type `movej`."""
+        return self._move is not None
+
+    def within_limits(self, q_rad: np.ndarray) -> bool:
+        eps = 1e-9
+        return bool(np.all(np.isfinite(q_rad)) and np.all(q_rad >= self._lower - eps)
+                    and np.all(q_rad <= self._upper + eps))
+
+    def flange_pose(self) -> FlangePose:
+        t = _mdh_flange_transform(self.model, self._q)
+        p = t[:3, 3]
+        return FlangePose((float(p[0]), float(p[1]), float(p[2])), _euler_xyz(t[:3, :3]),
+                          _quaternion_wxyz(t[:3, :3]))
+
+    # ---- errors and power ----------------------------------------------------------------
+    def raise_error(self, code: int) -> None:
+        """Latch a system error code; like the controller, each code is listed once."""
+        if code and code not in self._errors:
+            self._errors.append(int(code))
+
+    def clear_errors(self) -> None:
+        self._errors.clear()
+
+    def set_powered(self, powered: bool) -> None:
+        """Power off stops the arm where it is; nothing moves until power is back."""
+        if not powered:
+            self.stop()
+        self._powered = bool(powered)
+
+    # ---- commands --------------------------------------------------------------------------
+    def _checked_target(self, target_rad: Sequence[float]) -> Optional[np.ndarray]:
+        target = np.asarray(target_rad, dtype=float)
+        if target.shape != (self.model.dof,):
+            return None
+        if not self.within_limits(target):
+            # The controller refuses the target, keeps doing what it did, and latches 0x1002.
+            self.raise_error(ERR_TARGET_OVER_LIMIT)
+            return None
+        return target
+
+    def stream(self, target_rad: Sequence[float], now: float, follow: bool = False) -> bool:
+        """Accept one pass-through (`movej_canfd`) target received at `now` (seconds, any
+        monotonic origin). Returns False when the target is refused."""
+        if not self._powered:
+            return False
+        target = self._checked_target(target_rad)
+        if target is None:
+            return False
+        gap = None if self._last_stream_now is None else now - self._last_stream_now
+        self._last_stream_now = now
+        if gap is None or gap > STREAM_RESTART_GAP_S or gap <= 0.0:
+            self._stream_period_s = None
+        else:
+            # Smoothed, because targets arrive with the sender's and the network's jitter.
+            self._stream_period_s = gap if self._stream_period_s is None else \
+                0.7 * self._stream_period_s + 0.3 * gap
+        if follow or self._stream_period_s is None:
+            duration = 0.0
+        else:
+            duration = min(max(self._stream_period_s, 0.001), STREAM_RESTART_GAP_S)
+        if self._status != ArmStatus.MOVE_THROUGH_JOINT:
+            # Taking over from rest, a planned move or a stop: start from where the arm is.
+            self._move = None
+            self._ref = self._q.copy()
+        self._seg_from = self._ref.copy()
+        self._seg_to = target
+        self._seg_duration_s = duration
+        self._seg_elapsed_s = 0.0
+        self._since_stream_s = 0.0
+        self._status = ArmStatus.MOVE_THROUGH_JOINT
+        return True
+
+    def move_joints(self, target_rad: Sequence[float], speed_percent: float,
+                    tag: Hashable = None) -> bool:
+        """Plan a blocking-style `movej` at `speed_percent` of each joint's speed limit.
+        A new plan replaces a running one; the replaced move never reports arrival."""
+        if not self._powered:
+            return False
+        target = self._checked_target(target_rad)
+        if target is None:
+            return False
+        fraction = min(max(float(speed_percent), 1.0), 100.0) / 100.0
+        self._move = _JointMove(self._q, target, self._vmax * fraction,
+                                self._amax * PLAN_ACCELERATION_FRACTION)
+        self._move_elapsed_s = 0.0
+        self._move_tag = tag
+        self._ref = self._q.copy()
+        self._status = ArmStatus.MOVE_J
+        return True
+
+    def stop(self) -> None:
+        """Quick stop: velocity zero now, planned move and pass-through target dropped."""
+        self._v[:] = 0.0
+        self._ref = self._q.copy()
+        self._move = None
+        self._last_stream_now = None
+        self._stream_period_s = None
+        self._status = ArmStatus.STOP
+
+    def slow_stop(self) -> None:
+        """Decelerate all joints to rest together (same direction, limits respected)."""
+        self._move = None
+        self._last_stream_now = None
+        self._stream_period_s = None
+        speed = np.abs(self._v)
+        t_stop = float(np.max(speed / self._amax)) if np.any(speed > 0) else 0.0
+        self._slow_decel = speed / t_stop if t_stop > 0 else np.zeros_like(speed)
+        self._status = ArmStatus.SLOW_STOP
+
+    # ---- integration -------------------------------------------------------------------------
+    def step(self, dt: float) -> List[Arrival]:
+        """Advance the arm by `dt` seconds; returns the arrivals that happened in this step."""
+        if dt <= 0.0:
+            return []
+        arrivals: List[Arrival] = []
+        if self._status == ArmStatus.SLOW_STOP:
+            self._step_slow_stop(dt)
+            return arrivals
+        if self._status == ArmStatus.STOP:
+            return arrivals
+        if self._status == ArmStatus.MOVE_J and self._move is not None:
+            self._move_elapsed_s += dt
+            ref_next = self._move.position_at(self._move_elapsed_s)
+        elif self._status == ArmStatus.MOVE_THROUGH_JOINT:
+            self._seg_elapsed_s += dt
+            self._since_stream_s += dt
+            if self._seg_duration_s <= 0.0 or self._seg_elapsed_s >= self._seg_duration_s:
+                ref_next = self._seg_to.copy()
+            else:
+                frac = self._seg_elapsed_s / self._seg_duration_s
+                ref_next = self._seg_from + frac * (self._seg_to - self._seg_from)
+        else:
+            ref_next = self._ref
+        self._track(ref_next, dt)
+
+        if self._status == ArmStatus.MOVE_J and self._move is not None:
+            if (self._move_elapsed_s >= self._move.duration
+                    and np.max(np.abs(self._move.goal - self._q)) <= ARRIVAL_TOLERANCE_RAD
+                    and np.max(np.abs(self._v)) <= ARRIVAL_SPEED_RAD_S):
+                arrivals.append(Arrival(ARM_DEVICE, self._move_tag))
+                self._q = self._move.goal.copy()
+                self._v[:] = 0.0
+                self._ref = self._q.copy()
+                self._move = None
+                self._status = ArmStatus.IDLE
+        elif self._status == ArmStatus.MOVE_THROUGH_JOINT:
+            if (self._since_stream_s >= THROUGH_IDLE_AFTER_S
+                    and np.max(np.abs(self._v)) <= ARRIVAL_SPEED_RAD_S
+                    and np.max(np.abs(self._seg_to - self._q)) <= ARRIVAL_TOLERANCE_RAD):
+                self._status = ArmStatus.IDLE
+                self._last_stream_now = None
+                self._stream_period_s = None
+        return arrivals
+
+    def _track(self, ref_next: np.ndarray, dt: float) -> None:
+        """Move toward the reference under the velocity, acceleration and position limits.
+
+        With a feasible reference the step is dead-beat (the arm lands on it); a large error is
+        closed as fast as the limits allow without overshooting.
+        """
+        ref_speed = (ref_next - self._ref) / dt
+        error = self._ref - self._q
+        correction = np.sign(error) * _stopping_speed(np.abs(error), self._amax, dt)
+        v_des = np.clip(ref_speed + correction, -self._vmax, self._vmax)
+        v_des = np.clip(v_des, -_stopping_speed(self._q - self._lower, self._amax, dt),
+                        _stopping_speed(self._upper - self._q, self._amax, dt))
+        dv = np.clip(v_des - self._v, -self._amax * dt, self._amax * dt)
+        self._v = self._v + dv
+        self._q = np.clip(self._q + self._v * dt, self._lower, self._upper)
+        self._ref = np.array(ref_next, dtype=float)
+
+    def _step_slow_stop(self, dt: float) -> None:
+        speed = np.abs(self._v)
+        new_speed = np.maximum(speed - self._slow_decel * dt, 0.0)
+        self._v = np.sign(self._v) * new_speed
+        self._q = np.clip(self._q + self._v * dt, self._lower, self._upper)
+        self._ref = self._q.copy()
+        if not np.any(new_speed > 0.0):
+            self._status = ArmStatus.IDLE
+
+
+class GripperMotion:
+    """RealMan two-finger gripper as the arm controller drives it (wire units 1..1000)."""
+
+    def __init__(self, position: float = GRIPPER_WIRE_MAX) -> None:
+        self._position = float(min(max(position, GRIPPER_WIRE_MIN), GRIPPER_WIRE_MAX))
+        self._target = self._position
+        self._rate = 0.0
+        self._tag: Hashable = None
+        self._moving = False
+        self._mode = self._idle_mode()
+
+    @property
+    def position(self) -> float:
+        """Opening in wire units (1 closed .. 1000 open)."""
+        return self._position
+
+    @property
+    def opening_m(self) -> float:
+        return wire_to_opening_m(self._position)
+
+    @property
+    def mode(self) -> int:
+        return self._mode
+
+    @property
+    def moving(self) -> bool:
+        return self._moving
+
+    def _idle_mode(self) -> int:
+        if self._position <= GRIPPER_WIRE_MIN:
+            return GripperMode.CLOSED_IDLE
+        if self._position >= GRIPPER_WIRE_MAX:
+            return GripperMode.OPEN_IDLE
+        return GripperMode.STOPPED_IDLE
+
+    def move_to(self, position: float, speed: float = GRIPPER_DEFAULT_SPEED,
+                tag: Hashable = None) -> bool:
+        """Start moving to `position` (wire 1..1000) at `speed` (wire 1..1000). A new command
+        replaces a running one, which then never reports arrival. False: out of range."""
+        if not (GRIPPER_WIRE_MIN <= position <= GRIPPER_WIRE_MAX) or not (1 <= speed <= 1000):
+            return False
+        self._target = float(position)
+        self._rate = float(speed) * GRIPPER_WIRE_PER_S_PER_SPEED
+        self._tag = tag
+        self._moving = True
+        if self._target < self._position:
+            self._mode = GripperMode.CLOSING
+        elif self._target > self._position:
+            self._mode = GripperMode.OPENING
+        return True
+
+    def close(self, speed: float, tag: Hashable = None) -> bool:
+        """`set_gripper_pick`: close until the fingers meet (no object is simulated)."""
+        return self.move_to(GRIPPER_WIRE_MIN, speed, tag)
+
+    def open(self, speed: float, tag: Hashable = None) -> bool:
+        """`set_gripper_release`: open fully."""
+        return self.move_to(GRIPPER_WIRE_MAX, speed, tag)
+
+    def step(self, dt: float) -> List[Arrival]:
+        if not self._moving or dt <= 0.0:
+            return []
+        delta = self._target - self._position
+        travel = self._rate * dt
+        if abs(delta) <= travel:
+            self._position = self._target
+            self._moving = False
+            self._mode = self._idle_mode()
+            return [Arrival(GRIPPER_DEVICE, self._tag)]
+        self._position += math.copysign(travel, delta)
+        return []
+
+
+def wire_to_opening_m(position: float) -> float:
+    """RealMan gripper wire position (1..1000) to finger opening in metres (0..0.070)."""
+    return (float(position) - GRIPPER_WIRE_MIN) / (GRIPPER_WIRE_MAX - GRIPPER_WIRE_MIN) \
+        * GRIPPER_MAX_OPENING_M

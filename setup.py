@@ -1,0 +1,52 @@
+"""ament_python package ``ate_ros``: installs with colcon on a robot PC and with pip in a venv."""
+
+import os
+
+from setuptools import find_packages, setup
+
+PACKAGE = "ate_ros"
+
+
+def share_tree(folder: str) -> list:
+    """(install dir, files) pairs that mirror ``folder`` under share/ate_ros/."""
+    pairs = []
+    for root, _dirs, files in os.walk(folder):
+        paths = sorted(os.path.join(root, f) for f in files if not f.endswith((".pyc", "~")))
+        if paths:
+            pairs.append((os.path.join("share", PACKAGE, root), paths))
+    return pairs
+
+
+NODES = {
+    "joint_state_aggregator": "ate_ros.nodes.joint_state_aggregator:main",
+}
+TOOLS = {
+    "ate_bringup": "ate_ros.bringup:main",
+    "ate_urdf": "ate_core.robot.urdf_cli:main",
+    "ate_realman_emulator": "ate_ros.sim.realman_emulator:main",
+}
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    packages=find_packages(include=["ate_ros", "ate_ros.*", "ate_core", "ate_core.*"]),
+    data_files=[
+        ("share/ament_index/resource_index/packages", ["resource/" + PACKAGE]),
+        ("share/" + PACKAGE, ["package.xml"]),
+        *share_tree("launch"),
+        *share_tree("config"),
+        *share_tree("urdf"),
+    ],
+    # Runtime dependencies come from package.xml (rosdep) on a robot PC and from
+    # requirements.txt in a venv; setuptools must not try to resolve ROS packages from PyPI.
+    install_requires=["setuptools"],
+    python_requires=">=3.10",
+    zip_safe=False,
+    maintainer="ate_ros maintainers",
+    maintainer_email="maintainers@ate-ros.dev",
+    description="ROS 2 stack for an ATE-adapted VLA policy on a RealMan dual-arm robot",
+    license="Apache-2.0",
+    entry_points={
+        "console_scripts": [f"{name} = {target}" for name, target in {**NODES, **TOOLS}.items()],
+    },
+)

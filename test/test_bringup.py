@@ -1,0 +1,63 @@
+"""The main job (`./run.sh` -> ate_bringup) brings the simulated robot up and reports."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from conftest import REPO, next_domain_id
+
+
+def _free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _config_on_free_ports(tmp_path: Path) -> Path:
+    """The shipped config with the sim endpoints moved to free ports (tests run side by side)."""
+    data = yaml.safe_load((REPO / "config/bimanual.yaml").read_text())
+    for side in ("left", "right"):
+        data["sim"]["arms"][side].update(tcp_port=_free_port(),
+                                         udp_port=_free_port(socket.SOCK_DGRAM))
+    path = tmp_path / "bimanual.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _env() -> dict:
+    return {**os.environ, "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
+
+
+def test_run_script_brings_up_the_emulated_robot_and_reports(tmp_path):
+    config = _config_on_free_ports(tmp_path)
+    result = subprocess.run(
+        [str(REPO / "run.sh"), "--config", str(config), "--duration", "1.5",
+         "--domain-id", str(next_domain_id())],
+        capture_output=True, text=True, timeout=120, env=_env())
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    for side, ip in (("left", "127.0.0.1"), ("right", "127.0.0.2")):
+        line = next(l for l in out.splitlines() if l.strip().startswith(f"controller {side}"))
+        assert f"RM75-B emulated at {ip}:" in line
+        assert int(re.search(r"(\d+) packets sent", line).group(1)) > 100  # 200 Hz push, 1.5 s
+    assert "/joint_state_aggregator" in out
+    assert re.search(r"left\s+TCP at \(\+0\.\d{3}, \+0\.300, \+0\.\d{3}\) m", out), out
+
+
+def test_bringup_rejects_a_bad_config_with_a_clear_error(tmp_path):
+    data = yaml.safe_load((REPO / "config/bimanual.yaml").read_text())
+    data["arms"]["left"]["udp_port"] = "eighty"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(data))
+    result = subprocess.run([sys.executable, "-m", "ate_ros.bringup",
+                             "--config", str(bad), "--duration", "0.1"],
+                            capture_output=True, text=True, timeout=60, env=_env())
+    assert result.returncode == 2
+    assert f"{bad}: arms.left.udp_port: expected an integer, got str 'eighty'" in result.stderr
