@@ -6,10 +6,12 @@ driver runs the same code path against it as against the robot. Motion comes fro
 model in `arm_motion`; this module adds the sockets, the 5 ms clock, the command log and
 fault injection.
 
-Choices where the real controller's behaviour is not documented (each is marked `CHOICE`):
-- unknown commands are logged and answered `{"command": <name>, "set_state": false,
-  "emulator_unsupported": true}`, so an SDK call fails at once (1 for setters, -3 for getters)
-  instead of timing out like a network fault would;
+Choices where the real controller's behaviour is not documented:
+- unknown commands are logged (a warning the first time per name) and answered
+  `{"command": <name>, "set_state": false, "emulator_unsupported": true}`, what a controller
+  that does not know the command plausibly says. SDK calls whose reply carries the request's
+  name then fail at once (-3, e.g. `rm_set_arm_pause`) instead of looking like a network
+  fault; calls that expect another name (e.g. `rm_get_joint_en_state`) still time out (-2);
 - Cartesian motion (`movel`, `movej_p`, `movec`, `moves`) is refused with
   `receive_state: false` (no inverse kinematics here); `movep_canfd`/`movep_follow` are logged
   and ignored (they have no reply to refuse with);
@@ -17,7 +19,10 @@ Choices where the real controller's behaviour is not documented (each is marked 
 - completion events go to the connection that sent the command; a quick stop sends none, so a
   blocking `rm_movej` interrupted by `set_arm_stop` ends in the SDK's -6 "stopped externally";
 - while "unresponsive" the controller is hung: commands are logged but neither executed nor
-  answered, and no completion events are sent (the UDP push goes on unless paused too).
+  answered, and no completion events are sent (the UDP push goes on unless paused too);
+- the push goes out whenever it is enabled, with or without a TCP client (a configured target
+  IP is enough for the real controller), and includes `joint_speed` and `arm_current_status`
+  until `set_realtime_push` turns those custom items off.
 
 Fault injection from another process: start with `--control-port` and send text lines (one
 JSON reply line each) to that TCP port: `ping`, `drop`, `refuse on|off`, `push on|off`,
@@ -41,7 +46,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
 
@@ -70,8 +75,8 @@ _MAX_PENDING_CHARS = 1 << 20
 
 Json = Dict[str, Any]
 
-#: Pass-through commands: the SDK awaits no reply, so none is sent even to refuse one (an
-#: unexpected line would sit in the SDK's receive queue).
+#: Pass-through commands: 3rd-gen controllers never answer them and the SDK awaits nothing,
+#: so not even a malformed one gets a refusal.
 _NO_REPLY = frozenset({"movej_canfd", "movej_follow", "movep_canfd", "movep_follow",
                        "movev_canfd"})
 
@@ -180,8 +185,8 @@ class ReceivedCommand:
 class PushConfig:
     """The controller's realtime push settings (`get_realtime_push` / `set_realtime_push`).
 
-    CHOICE: `joint_speed` and `arm_current_status` are on by default so a driver gets the
-    arm status without configuring custom items; set_realtime_push can turn them off.
+    `joint_speed` and `arm_current_status` are on by default so a driver gets the arm status
+    without configuring custom items.
     """
 
     port: int
@@ -283,6 +288,7 @@ class RealManEmulator:
         self._threads: List[threading.Thread] = []
         self._pending_packets: Deque[Tuple[float, bytes, Tuple[str, int]]] = deque()
         self.packets_sent = 0
+        self._warned: Set[str] = set()
         self._handlers: Dict[str, Callable[[Json, _Connection, float], Optional[Json]]] = {
             "get_arm_software_info": self._h_software_info,
             "get_arm_current_trajectory": self._h_current_trajectory,
@@ -324,6 +330,9 @@ class RealManEmulator:
             "set_gripper_release": self._h_gripper,
             "get_gripper_state": self._h_gripper_state,
             "clear_system_err": self._h_clear_system_err,
+            # No joint faults are emulated, so clearing one always succeeds.
+            "set_joint_clear_err": lambda p, c, t: {
+                "command": "set_joint_clear_err", "joint_clear_err": True},
             "set_arm_power": self._h_set_power,
             "get_arm_power_state": lambda p, c, t: {
                 "state": "arm_power_state", "power_state": int(self._motion.powered)},
@@ -368,16 +377,21 @@ class RealManEmulator:
     def stop(self) -> None:
         """Stop every thread, close every socket and the log file. Idempotent."""
         self._stop.set()
-        with self._conn_lock:
-            conns = list(self._connections.values())
-            self._connections.clear()
-        for conn in conns:
-            conn.close()
         current = threading.current_thread()
-        for thread in list(self._threads):
-            if thread is not current:
+        while True:
+            # Repeat: the accept thread may hand over one last connection while we close.
+            with self._conn_lock:
+                conns = list(self._connections.values())
+                self._connections.clear()
+                alive = [t for t in self._threads if t.is_alive() and t is not current]
+            for conn in conns:
+                conn.close()
+            if not alive and not conns:
+                break
+            for thread in alive:
                 thread.join()
-        self._threads.clear()
+        with self._conn_lock:
+            self._threads.clear()
         self._close_sockets()
         with self._log_lock:
             if self._log_file is not None:
@@ -401,8 +415,9 @@ class RealManEmulator:
     def _spawn(self, target: Callable[..., None], role: str, *args: Any) -> threading.Thread:
         thread = threading.Thread(target=target, args=args, name=self._thread_name(role),
                                   daemon=True)
-        self._threads = [t for t in self._threads if t.is_alive()]
-        self._threads.append(thread)
+        with self._conn_lock:
+            self._threads = [t for t in self._threads if t.is_alive()]
+            self._threads.append(thread)
         thread.start()
         return thread
 
@@ -531,6 +546,9 @@ class RealManEmulator:
                 conn = _Connection(self._next_conn_id, sock, peer)
                 self._next_conn_id += 1
                 self._connections[conn.id] = conn
+            if self._stop.is_set():
+                conn.close()
+                return
             _LOG.info("connection %d from %s:%d", conn.id, *peer)
             conn.thread = self._spawn(self._serve, f"conn{conn.id}", conn)
 
@@ -573,7 +591,7 @@ class RealManEmulator:
         handler = self._handlers.get(name)
         try:
             if handler is None:
-                _LOG.warning("unsupported command %r: %.200s", name, msg)
+                self._warn_once(name, "unsupported command %r: %.200s", name, msg)
                 reply = {"command": name, "set_state": False, "emulator_unsupported": True}
             else:
                 reply = handler(msg, conn, now)
@@ -583,6 +601,12 @@ class RealManEmulator:
             reply = {"command": name, "set_state": False}
         if reply is not None and name not in _NO_REPLY:
             conn.send(reply)
+
+    def _warn_once(self, key: str, fmt: str, *args: Any) -> None:
+        """Warn the first time per command name: a 100 Hz stream must not flood the log."""
+        level = logging.DEBUG if key in self._warned else logging.WARNING
+        self._warned.add(key)
+        _LOG.log(level, fmt, *args)
 
     def _record(self, cmd: ReceivedCommand) -> None:
         with self._log_lock:
@@ -713,11 +737,13 @@ class RealManEmulator:
         return None
 
     def _h_ignored_cartesian(self, p: Json, c: _Connection, now: float) -> None:
-        _LOG.warning("%s ignored: the emulator has no inverse kinematics", p["command"])
+        self._warn_once(p["command"], "%s ignored: the emulator has no inverse kinematics",
+                        p["command"])
         return None
 
     def _h_refused_cartesian(self, p: Json, c: _Connection, now: float) -> Json:
-        _LOG.warning("%s refused: the emulator has no inverse kinematics", p["command"])
+        self._warn_once(p["command"], "%s refused: the emulator has no inverse kinematics",
+                        p["command"])
         return {"command": p["command"], "receive_state": False}
 
     def _h_stop(self, p: Json, c: _Connection, now: float) -> Json:
@@ -887,7 +913,7 @@ class RealManEmulator:
                         line, buffers[client] = buffers[client].split(b"\n", 1)
                         reply = self.control(line.decode(errors="replace"))
                         try:
-                            client.setblocking(True)
+                            client.settimeout(1.0)  # a client that never reads cannot hang us
                             client.sendall((json.dumps(reply) + "\n").encode())
                             client.setblocking(False)
                         except OSError:
