@@ -154,14 +154,15 @@ def emulator_threads() -> List[str]:
 
 
 # ---- connect ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize("model", [RM75_B, RM65_B], ids=lambda m: m.name)
-def test_sdk_connects_and_reads_the_model_from_the_controller(model):
+@pytest.mark.parametrize("model, sdk_model_name", [(RM75_B, "RM_75"), (RM65_B, "RM_65")],
+                         ids=["RM75-B", "RM65-B"])
+def test_sdk_connects_and_reads_the_model_from_the_controller(model, sdk_model_name):
     with connected(model.name) as rig:
         arm = rig.arm
         assert rig.handle_id >= 1
         assert arm.arm_dof == model.dof
         assert arm.robot_controller_version == 3
-        assert arm.rm_get_robot_info()[1]["arm_model"] == model.name.replace("-B", "").replace("RM", "RM_")
+        assert arm.rm_get_robot_info()[1]["arm_model"] == sdk_model_name
         ret, lower = arm.rm_get_joint_min_pos()
         assert ret == 0
         np.testing.assert_allclose(lower, np.degrees(model.lower_rad), atol=1e-3)
@@ -219,7 +220,7 @@ def test_realtime_push_reaches_the_sdk_at_200_hz_without_parse_errors():
     assert samples[-1].errors == [0] and samples[-1].status == 0  # idle
 
 
-def test_set_realtime_push_changes_cycle_and_get_reports_it():
+def test_set_realtime_push_changes_cycle_and_enable_and_get_reports_them():
     with connected() as rig:
         port = rig.emulator.push_port
         config = rm_realtime_push_config_t(4, True, port, 0, "127.0.0.1", rm_udp_custom_config_t())
@@ -231,6 +232,13 @@ def test_set_realtime_push_changes_cycle_and_get_reports_it():
         time.sleep(1.0)
         rate = len(rig.pushes_since(t0)) / (time.monotonic() - t0)
         assert 40 <= rate <= 55  # 20 ms period
+        config = rm_realtime_push_config_t(1, False, port, 0, "127.0.0.1", rm_udp_custom_config_t())
+        assert rig.arm.rm_set_realtime_push(config) == 0
+        assert rig.arm.rm_get_realtime_push()[1]["enable"] is False
+        time.sleep(0.05)
+        t1 = time.monotonic()
+        time.sleep(0.2)
+        assert rig.pushes_since(t1) == []
 
 
 # ---- motion ----------------------------------------------------------------------------------------------

@@ -205,7 +205,6 @@ class _Connection:
         self.sock = sock
         self.peer = peer
         self.send_lock = threading.Lock()
-        self.thread: Optional[threading.Thread] = None
         self.closed = False
 
     def send(self, obj: Json) -> bool:
@@ -243,7 +242,9 @@ class RealManEmulator:
 
     Ports may be 0 (OS-chosen); after `start()` the bound ones are in `tcp_port`,
     `push_source_port` and `control_port`. `push_port` is where the push goes; the SDK binds
-    that port itself after reading `get_realtime_push`, so it has to be a real free port.
+    that port itself after reading `get_realtime_push`, so it has to be a real port number,
+    and one the SDK process can still add (it listens on at most five per process).
+    `log_path` is appended to, one JSON line per received command.
     """
 
     def __init__(self, model: Union[str, ArmModel] = "RM75-B", ip: str = DEFAULT_IP,
@@ -550,7 +551,7 @@ class RealManEmulator:
                 conn.close()
                 return
             _LOG.info("connection %d from %s:%d", conn.id, *peer)
-            conn.thread = self._spawn(self._serve, f"conn{conn.id}", conn)
+            self._spawn(self._serve, f"conn{conn.id}", conn)
 
     def _serve(self, conn: _Connection) -> None:
         stream = JsonObjectStream()
@@ -598,6 +599,9 @@ class RealManEmulator:
         except (KeyError, TypeError, ValueError) as exc:
             # A malformed request to a known command: the controller refuses it.
             _LOG.warning("bad %r request (%s): %.200s", name, exc, msg)
+            reply = {"command": name, "set_state": False}
+        except Exception:  # an emulator bug must not take the connection down
+            _LOG.exception("handling %r failed: %.200s", name, msg)
             reply = {"command": name, "set_state": False}
         if reply is not None and name not in _NO_REPLY:
             conn.send(reply)
