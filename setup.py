@@ -18,6 +18,8 @@ def share_tree(folder: str) -> list:
 
 
 NODES = {
+    "arm_node": "ate_ros.nodes.arm_node:main",
+    "arm_nodes": "ate_ros.nodes.arm_node:main_both",
     "joint_state_aggregator": "ate_ros.nodes.joint_state_aggregator:main",
 }
 TOOLS = {

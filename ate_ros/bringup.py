@@ -21,16 +21,18 @@ from rclpy.parameter import Parameter
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import JointState
 
-from ate_core.config import BimanualConfig, ConfigError, load_config, simulated
+from ate_core.config import BimanualConfig, ConfigError, load_config
 from ate_core.robot.from_config import layout_from_config
 from ate_ros.graph import NodeSpec, in_process, robot_graph
 from ate_ros.node_host import NodeHost
+from ate_ros.nodes.arm_node import ArmNode
 from ate_ros.nodes.joint_state_aggregator import JointStateAggregator
 from ate_ros.resources import default_config_path
 from ate_ros.sim.bimanual import SimulatedArms
 
 #: Executables of this package that the bringup can run in-process, by name.
 NODE_CLASSES = {
+    "arm_node": ArmNode,
     "joint_state_aggregator": JointStateAggregator,
 }
 
@@ -67,9 +69,14 @@ def report(cfg: BimanualConfig, sim: SimulatedArms, nodes: List[Node], skipped: 
     layout = layout_from_config(cfg)
     lines = ["ate_bringup: simulated bimanual robot"]
     for side, emulator in sim.emulators.items():
-        arm = getattr(cfg.arms, side)
-        lines.append(f"  controller {side:<5} {arm.model} emulated at {arm.ip}:{arm.tcp_port}, "
-                     f"state push -> UDP {arm.udp_port}, {emulator.packets_sent} packets sent")
+        lines.append(f"  controller {side:<5} {emulator.model.name} emulated at "
+                     f"{emulator.ip}:{emulator.tcp_port}, state push -> UDP {emulator.push_port}, "
+                     f"{emulator.packets_sent} packets sent")
+    for node in nodes:
+        if isinstance(node, ArmNode):
+            d = node.driver
+            lines.append(f"  arm driver {node.side:<5} link {d.link.value}, {d.stats.pushes} states "
+                         f"received, {d.stats.reconnects} reconnects")
     lines.append("  nodes: " + ", ".join(n.get_fully_qualified_name() for n in nodes))
     if skipped:
         lines.append("  left to `ros2 launch`: " + ", ".join(s.executable for s in skipped))
@@ -97,7 +104,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="ROS_DOMAIN_ID (default: the environment's)")
     args = parser.parse_args(argv)
     try:
-        cfg = simulated(load_config(args.config))
+        cfg = load_config(args.config)
     except ConfigError as e:
         print(f"ate_bringup: {e}", file=sys.stderr)
         return 2
@@ -105,7 +112,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    specs, skipped = in_process(robot_graph(cfg, args.config, urdf_xml=""))
+    specs, skipped = in_process(robot_graph(cfg, args.config, urdf_xml="", sim=True))
     with SimulatedArms(cfg) as sim, NodeHost(domain_id=args.domain_id, name="bringup") as host:
         nodes = start_nodes(host, specs)
         topics = ["/joint_states"] + [f"/{side}_arm/{cfg.topics.arm_joint_states}"

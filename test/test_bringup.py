@@ -38,7 +38,7 @@ def _env() -> dict:
 def test_run_script_brings_up_the_emulated_robot_and_reports(tmp_path):
     config = _config_on_free_ports(tmp_path)
     result = subprocess.run(
-        [str(REPO / "run.sh"), "--config", str(config), "--duration", "1.5",
+        [str(REPO / "run.sh"), "--config", str(config), "--duration", "2",
          "--domain-id", str(next_domain_id())],
         capture_output=True, text=True, timeout=120, env=_env())
     assert result.returncode == 0, result.stdout + result.stderr
@@ -46,9 +46,13 @@ def test_run_script_brings_up_the_emulated_robot_and_reports(tmp_path):
     for side, ip in (("left", "127.0.0.1"), ("right", "127.0.0.2")):
         line = next(l for l in out.splitlines() if l.strip().startswith(f"controller {side}"))
         assert f"RM75-B emulated at {ip}:" in line
-        assert int(re.search(r"(\d+) packets sent", line).group(1)) > 100  # 200 Hz push, 1.5 s
-    assert "/joint_state_aggregator" in out
-    assert re.search(r"left\s+TCP at \(\+0\.\d{3}, \+0\.300, \+0\.\d{3}\) m", out), out
+        assert int(re.search(r"(\d+) packets sent", line).group(1)) > 200  # 200 Hz push for 2 s
+    assert "/joint_state_aggregator" in out and "/left_arm/arm_driver" in out
+    for side in ("left", "right"):
+        assert re.search(rf"arm driver {side}\s+link ready", out), out
+        rate = float(re.search(rf"/{side}_arm/joint_states\s+([\d.]+) Hz", out).group(1))
+        assert rate > 100, out  # 200 Hz push; the window includes start-up
+    assert re.search(r"left\s+TCP at \(\+0\.310, \+0\.300, \+0\.215\) m in base_link, measured", out), out
 
 
 def test_bringup_rejects_a_bad_config_with_a_clear_error(tmp_path):

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from contextlib import ExitStack
 from typing import Dict
 
 from ate_core.config import BimanualConfig
+from ate_ros.graph import sim_controllers
 from ate_ros.sim.realman_emulator import RealManEmulator
 
 
@@ -20,15 +20,14 @@ class SimulatedArms:
 
     def start(self) -> "SimulatedArms":
         try:
-            for (side, arm), ep in zip(self._cfg.arms.items(),
-                                       (self._cfg.sim.arms.left, self._cfg.sim.arms.right)):
+            for spec in sim_controllers(self._cfg):
                 emulator = RealManEmulator(
-                    model=arm.model, ip=ep.ip, tcp_port=ep.tcp_port, push_port=ep.udp_port,
-                    push_ip="127.0.0.1", cycle=arm.push_cycle,
-                    initial_joints_deg=[math.degrees(q) for q in arm.home_rad])
+                    model=spec.model, ip=spec.ip, tcp_port=spec.tcp_port,
+                    push_port=spec.push_port, cycle=spec.cycle,
+                    initial_joints_deg=spec.initial_joints_deg)
                 emulator.start()
                 self._stack.callback(emulator.stop)
-                self.emulators[side] = emulator
+                self.emulators[spec.side] = emulator
         except BaseException:
             self.stop()
             raise

@@ -1,0 +1,1 @@
+"""Hardware drivers (no rclpy): RealMan arms through RealMan's SDK, cameras."""

@@ -1,0 +1,357 @@
+"""One RealMan arm through RealMan's SDK: state in, joint targets and gripper commands out.
+
+Connection handling is the point of this class. A controller that stops pushing state, or a
+TCP link the SDK reports broken, turns the link ``lost`` at once: streaming stops (``stream``
+refuses), the fault is reported, and a worker reconnects with backoff. After a reconnect the
+link is ``ready`` only once a push newer than the reconnect has arrived, so whoever commands
+the arm resumes from freshly measured state.
+
+Threads: the SDK's UDP thread calls ``_on_push`` (conversion + hand-over only); one worker
+(``realman-<name>``) connects, reconnects, polls and commands the gripper; one watchdog
+(``realman-<name>-watchdog``) turns a silent controller into ``lost`` within the state
+timeout. ``stream`` is called by the commanding thread and never blocks on the network
+(``movej_canfd`` expects no reply). ``move_home`` blocks its caller for the whole move.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from typing import Callable, Dict, Optional, Sequence, Tuple
+
+from Robotic_Arm.rm_robot_interface import RoboticArm, rm_realtime_push_config_t, rm_udp_custom_config_t
+
+from ate_core.config import ArmConfig
+from ate_core.robot.models import GRIPPER_MAX_OPENING_M, arm_model
+from ate_core.runtime.arm_command import JointLimits
+from ate_ros.drivers.realman_sdk import (
+    PushSample, gripper_opening_m, gripper_wire, local_address_towards, sdk, wire_degrees,
+)
+
+
+class Link(str, Enum):
+    CONNECTING = "connecting"
+    READY = "ready"
+    LOST = "lost"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True)
+class ArmState:
+    positions_rad: Tuple[float, ...]
+    velocities_rad_s: Tuple[float, ...]
+    gripper_opening_m: Optional[float]
+    errors: Tuple[int, ...]
+    status_code: int
+    received_mono_ns: int
+
+
+@dataclass
+class DriverStats:
+    pushes: int = 0
+    push_parse_errors: int = 0
+    commands_sent: int = 0
+    commands_refused: int = 0
+    reconnects: int = 0
+    reply_timeouts: int = 0
+    gripper_commands: int = 0
+    last_fault: str = ""
+    faults: Dict[str, int] = field(default_factory=dict)
+
+
+class RealManArm:
+    def __init__(self, name: str, cfg: ArmConfig, *,
+                 on_state: Optional[Callable[[ArmState], None]] = None,
+                 on_link: Optional[Callable[[Link, str], None]] = None,
+                 state_timeout_s: float = 0.05,
+                 backoff_s: Tuple[float, float] = (0.1, 2.0),
+                 gripper_poll_s: float = 0.1,
+                 gripper_max_opening_m: float = GRIPPER_MAX_OPENING_M,
+                 reply_timeout_ms: int = 500) -> None:
+        self.name = name
+        self.cfg = cfg
+        self.model = arm_model(cfg.model)
+        self._on_state = on_state
+        self._on_link = on_link
+        self._state_timeout_ns = int(state_timeout_s * 1e9)
+        self._backoff_s = backoff_s
+        self._gripper_poll_s = gripper_poll_s
+        self._gripper_max_m = gripper_max_opening_m
+        self._reply_timeout_ms = reply_timeout_ms
+        self.stats = DriverStats()
+        self.limits = JointLimits(self.model.lower_rad, self.model.upper_rad,
+                                  self.model.max_velocity_rad_s)
+        self._lock = threading.Lock()
+        self._arm: Optional[RoboticArm] = None
+        self._link = Link.CONNECTING
+        self._link_since_ns = time.monotonic_ns()
+        self._state: Optional[ArmState] = None
+        self._gripper_m: Optional[float] = None
+        self._gripper_target: Optional[float] = None
+        self._gripper_sent: Optional[int] = None
+        self._busy = ""
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._work, name=f"realman-{name}", daemon=True),
+            threading.Thread(target=self._watch, name=f"realman-{name}-watchdog", daemon=True),
+        ]
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> "RealManArm":
+        sdk().subscribe(self.cfg.ip, self.model.dof, self._on_push)
+        for t in self._threads:
+            t.start()
+        return self
+
+    def close(self) -> None:
+        """Stop threads and disconnect; the arm keeps whatever it was doing (hold or stop)."""
+        if self._link is Link.CLOSED:
+            return
+        self._set_link(Link.CLOSED, "driver closed")
+        self._stop.set()
+        self._wake.set()
+        for t in self._threads:
+            if t.is_alive():
+                t.join(5.0)
+        sdk().unsubscribe(self.cfg.ip)
+        self._drop_handle()
+
+    def __enter__(self) -> "RealManArm":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---- state -------------------------------------------------------------------------------
+
+    @property
+    def link(self) -> Link:
+        return self._link
+
+    @property
+    def state(self) -> Optional[ArmState]:
+        return self._state
+
+    def wait_ready(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while self._link is not Link.READY:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)
+        return True
+
+    def _on_push(self, push: PushSample) -> None:
+        now = time.monotonic_ns()
+        self.stats.pushes += 1
+        if push.parse_error:
+            # The SDK could not parse the packet: the joints may be garbage; do not use them.
+            self.stats.push_parse_errors += 1
+            return
+        state = ArmState(push.positions_rad, push.velocities_rad_s, self._gripper_m,
+                         push.errors, push.status_code, now)
+        self._state = state
+        if self._on_state is not None:
+            self._on_state(state)
+
+    def _set_link(self, link: Link, reason: str) -> None:
+        with self._lock:
+            if self._link is link or self._link is Link.CLOSED:
+                return
+            self._link = link
+            self._link_since_ns = time.monotonic_ns()
+            if link is Link.LOST:
+                self.stats.last_fault = reason
+                key = reason.split(":")[0]
+                self.stats.faults[key] = self.stats.faults.get(key, 0) + 1
+        self._wake.set()
+        if self._on_link is not None:
+            self._on_link(link, reason)
+
+    def _fault(self, reason: str) -> None:
+        if self._link is Link.READY:
+            self._set_link(Link.LOST, reason)
+
+    # ---- commands ----------------------------------------------------------------------------
+
+    def stream(self, q_rad: Sequence[float]) -> bool:
+        """Send one pass-through joint target (``movej_canfd``); False if it was not sent."""
+        arm = self._arm
+        if self._link is not Link.READY or arm is None or self._busy:
+            self.stats.commands_refused += 1
+            return False
+        state = self._state
+        if state is None or time.monotonic_ns() - state.received_mono_ns > self._state_timeout_ns:
+            # Do not command an arm whose state we no longer see (the watchdog reports it).
+            self.stats.commands_refused += 1
+            self._fault("state timeout: no state push while streaming")
+            return False
+        rc = arm.rm_movej_canfd(wire_degrees(q_rad), self.cfg.follow)
+        if rc != 0:
+            self.stats.commands_refused += 1
+            self._fault(f"send failed: movej_canfd returned {rc}")
+            return False
+        self.stats.commands_sent += 1
+        return True
+
+    def set_gripper(self, opening_m: float) -> None:
+        """Ask for a finger opening; the worker sends it (only when it changes)."""
+        self._gripper_target = min(self._gripper_max_m, max(0.0, float(opening_m)))
+        self._wake.set()
+
+    def gripper_open(self) -> int:
+        return self._call("gripper release", lambda a: a.rm_set_gripper_release(500, False, 0))
+
+    def gripper_close(self) -> int:
+        return self._call("gripper pick", lambda a: a.rm_set_gripper_pick(500, 200, False, 0))
+
+    def stop_motion(self) -> int:
+        """Immediate stop (``set_arm_stop``): the controller drops its target and halts."""
+        return self._call("stop", lambda a: a.rm_set_arm_stop())
+
+    def slow_stop(self) -> int:
+        return self._call("slow stop", lambda a: a.rm_set_arm_slow_stop())
+
+    def move_home(self, q_rad: Sequence[float], speed_percent: int = 20) -> int:
+        """Planned joint move (blocking ``movej``); streaming is refused until it ends."""
+        if self._link is not Link.READY:
+            return -1
+        with self._lock:
+            if self._busy:
+                return -1
+            self._busy = "homing"
+        try:
+            # A leftover error (e.g. a refused target) makes blocking movej return 1 at once.
+            self._call("clear errors", lambda a: a.rm_clear_system_err())
+            return self._call("movej", lambda a: a.rm_movej(wire_degrees(q_rad), speed_percent,
+                                                             0, 0, 1))
+        finally:
+            self._busy = ""
+
+    def _call(self, what: str, fn: Callable[[RoboticArm], int]) -> int:
+        arm = self._arm
+        if arm is None or self._link is not Link.READY:
+            return -1
+        rc = fn(arm)
+        if rc == -1:
+            self._fault(f"send failed: {what} returned -1")
+        elif rc == -2:
+            self.stats.reply_timeouts += 1
+        return rc
+
+    # ---- worker: connect, reconnect, gripper -------------------------------------------------
+
+    def _work(self) -> None:
+        backoff = self._backoff_s[0]
+        next_poll = 0.0
+        while not self._stop.is_set():
+            if self._link is not Link.READY:
+                if self._connect():
+                    backoff = self._backoff_s[0]
+                    continue
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, self._backoff_s[1])
+                continue
+            self._send_gripper_target()
+            now = time.monotonic()
+            if now >= next_poll and not self._busy:
+                self._poll_gripper()
+                next_poll = now + self._gripper_poll_s
+            self._wake.wait(max(0.0, min(self._gripper_poll_s, next_poll - time.monotonic())))
+            self._wake.clear()
+
+    def _connect(self) -> bool:
+        self._drop_handle()
+        if self._link is Link.LOST:
+            self.stats.reconnects += 1
+        arm = sdk().new_arm()
+        arm.rm_set_timeout(self._reply_timeout_ms)
+        handle = arm.rm_create_robot_arm(self.cfg.ip, self.cfg.tcp_port, level=3)
+        if handle.id == -1:
+            arm.rm_delete_robot_arm()
+            return False
+        if arm.arm_dof != self.model.dof:
+            arm.rm_delete_robot_arm()
+            self._set_link(Link.LOST, f"model mismatch: controller at {self.cfg.ip} has "
+                                      f"{arm.arm_dof} joints, config says {self.cfg.model}")
+            return False
+        limits = self._read_limits(arm)
+        push = rm_realtime_push_config_t(
+            cycle=self.cfg.push_cycle, enable=True, port=self.cfg.udp_port, force_coordinate=-1,
+            ip=local_address_towards(self.cfg.ip),
+            custom_config=rm_udp_custom_config_t(joint_speed=1, arm_current_status=1))
+        if arm.rm_set_realtime_push(push) != 0 or limits is None:
+            arm.rm_delete_robot_arm()
+            return False
+        self.limits = limits
+        self._arm = arm
+        self._gripper_sent = None
+        connected = time.monotonic_ns()
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline and not self._stop.is_set():
+            state = self._state
+            if state is not None and state.received_mono_ns > connected:
+                self._poll_gripper()
+                self._set_link(Link.READY, f"connected to {self.cfg.ip}:{self.cfg.tcp_port}")
+                return True
+            time.sleep(0.002)
+        self._arm = None
+        arm.rm_delete_robot_arm()
+        return False
+
+    def _read_limits(self, arm: RoboticArm) -> Optional[JointLimits]:
+        """The controller's own limits (degrees, deg/s) take precedence over the model table."""
+        readings = [arm.rm_get_joint_min_pos(), arm.rm_get_joint_max_pos(),
+                    arm.rm_get_joint_max_speed()]
+        if any(rc != 0 for rc, _ in readings):
+            return None
+        dof = self.model.dof
+        lo, hi, vmax = ([math.radians(v) for v in values[:dof]] for _, values in readings)
+        return JointLimits(tuple(lo), tuple(hi), tuple(vmax))
+
+    def _send_gripper_target(self) -> None:
+        target = self._gripper_target
+        if target is None:
+            return
+        wire = gripper_wire(target, self._gripper_max_m)
+        if wire == self._gripper_sent:
+            return
+        if self._call("gripper", lambda a: a.rm_set_gripper_position(wire, False, 0)) == 0:
+            self._gripper_sent = wire
+            self.stats.gripper_commands += 1
+
+    def _poll_gripper(self) -> None:
+        arm = self._arm
+        if arm is None:
+            return
+        rc, info = arm.rm_get_gripper_state()
+        if rc == 0:
+            self._gripper_m = gripper_opening_m(int(info["actpos"]), self._gripper_max_m)
+            state = self._state
+            if state is not None:
+                self._state = replace(state, gripper_opening_m=self._gripper_m)
+        elif rc == -1:
+            self._fault("send failed: get_gripper_state returned -1")
+        elif rc == -2:
+            self.stats.reply_timeouts += 1
+
+    def _drop_handle(self) -> None:
+        arm, self._arm = self._arm, None
+        if arm is not None:
+            arm.rm_delete_robot_arm()
+
+    # ---- watchdog ----------------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        period = min(0.005, self._state_timeout_ns / 1e9 / 4)
+        while not self._stop.wait(period):
+            if self._link is not Link.READY:
+                continue
+            state = self._state
+            age = time.monotonic_ns() - (state.received_mono_ns if state else self._link_since_ns)
+            if age > self._state_timeout_ns:
+                self._fault(f"state timeout: no state push for {age / 1e6:.0f} ms")

@@ -1,0 +1,144 @@
+"""Process-wide access to RealMan's SDK (``Robotic_Arm``, ctypes over ``libapi_c.so``).
+
+The SDK has process-level state that every arm shares, so it lives here once:
+
+- ``rm_init`` must run exactly once per process (the first ``RoboticArm(mode)``); later arms
+  are ``RoboticArm()``. ``rm_destroy`` is terminal (no arm can connect afterwards), so it is
+  never called.
+- There is one realtime-state callback per process; it sees the pushes of every arm and is
+  dispatched here by the sender's IP (``arm_port`` in the callback is unreliable after a
+  reconnect).
+- The SDK never releases a UDP push port and listens on at most five per process, so each arm
+  keeps one fixed push port for the life of the process, reconnects included.
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+import threading
+from dataclasses import dataclass
+from typing import Callable, Dict, Sequence, Tuple
+
+from Robotic_Arm.rm_robot_interface import (
+    RoboticArm, rm_realtime_arm_state_callback_ptr, rm_thread_mode_e,
+)
+
+#: RealMan wire unit of joint angles: 0.001 degree.
+WIRE_DEG_RESOLUTION = 0.001
+
+
+@dataclass(frozen=True)
+class PushSample:
+    """One realtime state push, already in SI units."""
+
+    positions_rad: Tuple[float, ...]
+    velocities_rad_s: Tuple[float, ...]
+    errors: Tuple[int, ...]
+    status_code: int
+    parse_error: int
+
+
+PushHandler = Callable[[PushSample], None]
+
+
+class _Sdk:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._initialised = False
+        self._handlers: Dict[str, Tuple[int, PushHandler]] = {}
+        self._callback = rm_realtime_arm_state_callback_ptr(self._on_push)
+
+    def new_arm(self) -> RoboticArm:
+        with self._lock:
+            if self._initialised:
+                return RoboticArm()
+            arm = RoboticArm(rm_thread_mode_e.RM_TRIPLE_MODE_E)
+            arm.rm_realtime_arm_state_call_back(self._callback)
+            self._initialised = True
+            return arm
+
+    def subscribe(self, arm_ip: str, dof: int, handler: PushHandler) -> None:
+        with self._lock:
+            if arm_ip in self._handlers:
+                raise RuntimeError(f"another driver already receives the state of {arm_ip}")
+            self._handlers[arm_ip] = (dof, handler)
+
+    def unsubscribe(self, arm_ip: str) -> None:
+        with self._lock:
+            self._handlers.pop(arm_ip, None)
+
+    def _on_push(self, state) -> None:
+        # Runs on the SDK's UDP thread at the push rate (200 Hz per arm): convert and hand over.
+        entry = self._handlers.get(state.arm_ip.decode(errors="replace"))
+        if entry is None:
+            return
+        dof, handler = entry
+        js = state.joint_status
+        n_err = min(int(state.err.err_len), len(state.err.err))
+        handler(PushSample(
+            positions_rad=tuple(math.radians(js.joint_position[i]) for i in range(dof)),
+            velocities_rad_s=tuple(math.radians(js.joint_speed[i]) for i in range(dof)),
+            errors=tuple(int(state.err.err[i]) for i in range(n_err) if state.err.err[i]),
+            status_code=int(state.arm_current_status),
+            parse_error=int(state.errCode),
+        ))
+
+
+_SDK = _Sdk()
+
+
+def sdk() -> _Sdk:
+    return _SDK
+
+
+def wire_degrees(q_rad: Sequence[float]) -> list:
+    """Joint targets in degrees that the SDK turns into the nearest 0.001 degree.
+
+    The SDK passes degrees as float32 and truncates toward zero (0.7 deg went out as 699), so
+    each value is placed in the middle of its 0.001-degree bucket: truncation then yields the
+    rounded value, with margin for float32 error up to 360 degrees.
+    """
+    out = []
+    for q in q_rad:
+        n = round(math.degrees(q) / WIRE_DEG_RESOLUTION)
+        out.append((n + math.copysign(0.5, n)) * WIRE_DEG_RESOLUTION if n else 0.0)
+    return out
+
+
+def local_address_towards(ip: str) -> str:
+    """The robot PC's own address on the route to the controller: where pushes must go."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect((ip, 9))  # no packet is sent; this only selects the route
+        return s.getsockname()[0]
+
+
+def gripper_wire(opening_m: float, max_opening_m: float) -> int:
+    """RealMan gripper position 1..1000 spans 0..max opening."""
+    return int(min(1000, max(1, round(opening_m / max_opening_m * 1000))))
+
+
+def gripper_opening_m(wire: int, max_opening_m: float) -> float:
+    return min(1000, max(0, wire)) / 1000.0 * max_opening_m
+
+
+#: Controller system error codes (rm_docs errorList), for diagnostics.
+SYSTEM_ERRORS = {
+    0x1001: "joint communication", 0x1002: "target angle over limit",
+    0x1003: "singular / unreachable", 0x1004: "realtime kernel communication",
+    0x1005: "joint bus", 0x1006: "planning kernel", 0x1007: "joint overspeed",
+    0x1008: "end board disconnected", 0x1009: "speed limit", 0x100A: "acceleration limit",
+    0x100B: "brake not released", 0x100C: "overspeed while dragging", 0x100D: "collision",
+    0x100E: "no such work frame", 0x100F: "no such tool frame", 0x1010: "joint disabled",
+    0x1011: "arc planning", 0x1012: "self-collision", 0x1013: "electronic fence",
+    0x1014: "soft limit", 0x2001: "gripper", 0x2002: "dexterous hand",
+    0x2003: "6-axis force sensor", 0x2004: "1-axis force sensor", 0x2005: "output current",
+    0x5003: "controller over-temperature", 0x5005: "over-current", 0x5006: "under-current",
+    0x5007: "over-voltage", 0x5008: "under-voltage", 0x5009: "realtime communication",
+}
+
+
+def describe_error(code: int) -> str:
+    return f"0x{code:04X} {SYSTEM_ERRORS.get(code, 'unknown error')}"
+
+

@@ -1,0 +1,237 @@
+"""One RealMan arm on ROS: ``joint_states`` out, ``command`` in, stop/home/gripper services.
+
+Runs in the arm's namespace (``/left_arm``, ``/right_arm``). Joint states are published from
+the controller's realtime push as it arrives (200 Hz), joints in rad plus the gripper opening
+in metres. Every command goes through ``ate_core.runtime.arm_command.CommandChecker``;
+a rejected command is counted by rule, logged with its reason and never sent. Both arms can
+share one process (``arm_nodes``), which is also how the in-process bringup runs them.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import rclpy
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Bool
+from std_srvs.srv import Trigger
+
+from ate_core.config import BimanualConfig, simulated
+from ate_core.runtime.arm_command import CommandChecker, CommandRejected
+from ate_ros.diagnostics import ERROR, OK, STALE, WARN, diagnostic_array, diagnostic_status
+from ate_ros.drivers.realman_arm import ArmState, Link, RealManArm
+from ate_ros.drivers.realman_sdk import describe_error
+from ate_ros.params import declare_config
+from diagnostic_msgs.msg import DiagnosticArray
+
+#: A command stream that pauses longer than this restarts from the measured position.
+STREAM_GAP_S = 0.1
+
+
+class ArmNode(Node):
+    def __init__(self, side: Optional[str] = None, config: Optional[BimanualConfig] = None,
+                 sim: Optional[bool] = None, **kwargs) -> None:
+        # Under `ros2 run`, the arm comes as a parameter and the namespace as a remap
+        # (`-r __ns:=/right_arm -p arm:=right`); launch and bringup set both.
+        namespace = kwargs.pop("namespace", None) or (f"/{side}_arm" if side else None)
+        super().__init__("arm_driver", namespace=namespace, **kwargs)
+        side = self.declare_parameter("arm", side or "left").value
+        use_sim = self.declare_parameter("sim", bool(sim)).value
+        cfg = config if config is not None else declare_config(self)
+        if use_sim:
+            cfg = simulated(cfg)
+        if side not in ("left", "right"):
+            raise ValueError(f"parameter arm: {side!r} is not 'left' or 'right'")
+        self.side = side
+        self.arm_cfg = getattr(cfg.arms, side)
+        self._gripper_max_m = cfg.gripper.max_opening_m
+        self._names = (*self.arm_cfg.joint_names, self.arm_cfg.gripper_joint)
+        self._rejected: Dict[str, int] = {}
+        self._last_command: Optional[Tuple[Tuple[float, ...], float]] = None
+        self._checker: Optional[CommandChecker] = None
+        self._pushes_at_report = (0, time.monotonic())
+        self._lock = threading.Lock()
+
+        self._state_pub = self.create_publisher(JointState, cfg.topics.arm_joint_states, 10)
+        self._diag_pub = self.create_publisher(DiagnosticArray, cfg.topics.diagnostics, 10)
+        self.create_subscription(JointState, cfg.topics.arm_command, self._on_command, 10)
+        self.create_service(Trigger, "stop", self._srv_stop)
+        self.create_service(Trigger, "gripper_open", self._srv_gripper(lambda d: d.gripper_open()))
+        self.create_service(Trigger, "gripper_close", self._srv_gripper(lambda d: d.gripper_close()))
+        # A home move takes seconds: the service starts it on its own thread and answers at
+        # once; the outcome follows on `home_result` (RealMan's ROS driver pairs `*_cmd` with
+        # `*_result` the same way). Commands are refused and `stop` works while it runs.
+        self.create_service(Trigger, "home", self._srv_home)
+        self._home_result_pub = self.create_publisher(Bool, "home_result", 10)
+        self._home_thread: Optional[threading.Thread] = None
+        self.create_timer(1.0, self._publish_diagnostics)
+
+        self.driver = RealManArm(side, self.arm_cfg, on_state=self._on_state,
+                                 on_link=self._on_link,
+                                 gripper_max_opening_m=cfg.gripper.max_opening_m)
+        self.driver.start()
+
+    def destroy_node(self) -> None:
+        self.driver.close()
+        if self._home_thread is not None:
+            self._home_thread.join(5.0)
+        super().destroy_node()
+
+    # ---- state out -----------------------------------------------------------------------------
+
+    def _on_state(self, state: ArmState) -> None:
+        # Called on the SDK's UDP thread; publishing is thread-safe in rclpy.
+        if state.gripper_opening_m is None:
+            return  # the first gripper reading comes within ms of connecting
+        msg = JointState()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.name = list(self._names)
+        msg.position = [*state.positions_rad, state.gripper_opening_m]
+        msg.velocity = [*state.velocities_rad_s, 0.0]
+        self._state_pub.publish(msg)
+
+    def _on_link(self, link: Link, reason: str) -> None:
+        if link is Link.READY:
+            d = self.driver
+            self._checker = CommandChecker(self.arm_cfg.joint_names, self.arm_cfg.gripper_joint,
+                                           d.limits, max_step_s=STREAM_GAP_S,
+                                           gripper_max_opening_m=self._gripper_max_m)
+            self._last_command = None  # resume only from freshly measured state
+            self.get_logger().info(f"{self.side} arm {reason}")
+        elif link is Link.LOST:
+            self.get_logger().error(f"{self.side} arm controller lost ({reason}); not commanding, "
+                                    f"reconnecting")
+        self._publish_diagnostics()
+
+    # ---- commands in ---------------------------------------------------------------------------
+
+    def _reject(self, rule: str, reason: str) -> None:
+        with self._lock:
+            self._rejected[rule] = self._rejected.get(rule, 0) + 1
+        self.get_logger().warning(f"rejected command ({rule}): {reason}",
+                                  throttle_duration_sec=1.0)
+
+    def _reference(self) -> Optional[Sequence[float]]:
+        now = time.monotonic()
+        if self._last_command is not None and now - self._last_command[1] <= STREAM_GAP_S:
+            return self._last_command[0]
+        state = self.driver.state
+        return state.positions_rad if state is not None else None
+
+    def _on_command(self, msg: JointState) -> None:
+        checker = self._checker
+        if checker is None or self.driver.link is not Link.READY:
+            self._reject("not_ready", f"controller link is {self.driver.link.value}")
+            return
+        try:
+            cmd = checker.check(msg.name, msg.position, self._reference())
+        except CommandRejected as e:
+            self._reject(e.rule, str(e))
+            return
+        if self.driver.stream(cmd.positions_rad):
+            self._last_command = (cmd.positions_rad, time.monotonic())
+        if cmd.gripper_opening_m is not None:
+            self.driver.set_gripper(cmd.gripper_opening_m)
+
+    # ---- services ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _answer(response: Trigger.Response, rc: int, what: str) -> Trigger.Response:
+        response.success = rc == 0
+        response.message = f"{what}: ok" if rc == 0 else f"{what}: SDK returned {rc}"
+        return response
+
+    def _srv_stop(self, _request, response):
+        self._last_command = None
+        return self._answer(response, self.driver.stop_motion(), "stop")
+
+    def _srv_gripper(self, action):
+        def handler(_request, response):
+            return self._answer(response, action(self.driver), "gripper")
+        return handler
+
+    def _srv_home(self, _request, response):
+        if self.driver.link is not Link.READY:
+            response.success, response.message = False, f"home: link is {self.driver.link.value}"
+            return response
+        if self._home_thread is not None and self._home_thread.is_alive():
+            response.success, response.message = False, "home: already moving home"
+            return response
+        self._home_thread = threading.Thread(target=self._move_home, name=f"{self.side}-home",
+                                             daemon=True)
+        self._home_thread.start()
+        response.success, response.message = True, "home: moving; outcome on home_result"
+        return response
+
+    def _move_home(self) -> None:
+        rc = self.driver.move_home(self.arm_cfg.home_rad)
+        self._last_command = None
+        if rc != 0:
+            self.get_logger().error(f"home move failed: SDK returned {rc}")
+        self._home_result_pub.publish(Bool(data=rc == 0))
+
+    # ---- diagnostics ---------------------------------------------------------------------------
+
+    def _publish_diagnostics(self) -> None:
+        d = self.driver
+        now = time.monotonic()
+        pushes, since = self._pushes_at_report
+        rate = (d.stats.pushes - pushes) / max(now - since, 1e-6)
+        self._pushes_at_report = (d.stats.pushes, now)
+        state = d.state
+        errors = state.errors if state is not None else ()
+        if d.link is Link.LOST:
+            level, message = ERROR, f"controller lost: {d.stats.last_fault}"
+        elif d.link is not Link.READY:
+            level, message = STALE, f"link {d.link.value}"
+        elif errors:
+            level, message = ERROR, "controller error " + ", ".join(describe_error(e) for e in errors)
+        elif d.stats.reply_timeouts:
+            level, message = WARN, f"{d.stats.reply_timeouts} reply timeouts"
+        else:
+            level, message = OK, "streaming" if self._last_command else "connected"
+        with self._lock:
+            rejected = dict(self._rejected)
+        values = {"link": d.link.value, "ip": f"{self.arm_cfg.ip}:{self.arm_cfg.tcp_port}",
+                  "udp_port": self.arm_cfg.udp_port, "state_rate_hz": f"{rate:.1f}",
+                  "commands_sent": d.stats.commands_sent, "commands_refused": d.stats.commands_refused,
+                  "reconnects": d.stats.reconnects, "last_fault": d.stats.last_fault,
+                  "controller_errors": ", ".join(describe_error(e) for e in errors) or "none",
+                  **{f"rejected.{rule}": n for rule, n in sorted(rejected.items())}}
+        status = diagnostic_status(f"{self.get_namespace().strip('/')}: RealMan {self.arm_cfg.model}",
+                                   level, message, hardware_id=self.arm_cfg.ip, values=values)
+        self._diag_pub.publish(diagnostic_array(self.get_clock().now().to_msg(), status))
+
+
+def _spin(nodes: List[Node]) -> None:
+    executor = SingleThreadedExecutor()
+    for node in nodes:
+        executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        for node in nodes:
+            node.destroy_node()
+        rclpy.try_shutdown()
+
+
+def main(args: Optional[Sequence[str]] = None) -> None:
+    """``ros2 run ate_ros arm_node --ros-args -r __ns:=/left_arm -p arm:=left``."""
+    rclpy.init(args=args)
+    _spin([ArmNode()])
+
+
+def main_both(args: Optional[Sequence[str]] = None) -> None:
+    """``ros2 run ate_ros arm_nodes``: both arms in one process (one SDK instance)."""
+    rclpy.init(args=args)
+    _spin([ArmNode("left"), ArmNode("right")])
+
+
+if __name__ == "__main__":
+    main()
