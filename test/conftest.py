@@ -8,13 +8,15 @@ on one machine (or xdist workers) do not hear each other.
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
+import socket
 import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Dict, Iterator
 
 import pytest
 
@@ -24,6 +26,8 @@ os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
 os.environ.setdefault("ROS_LOG_DIR", tempfile.mkdtemp(prefix="ate-ros-log-"))
 
 from ros_harness import RosHarness  # noqa: E402
+
+from ate_ros.sim.ports import free_push_port  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 # FastDDS maps domain d to UDP ports 7400 + 250 d; stay well inside the usable range.
@@ -39,6 +43,36 @@ def next_domain_id() -> int:
     domain = _DOMAINS[(_domain_offset + 37 * index + _domain_counter) % len(_DOMAINS)]
     _domain_counter += 1
     return domain
+
+
+# ---- RealMan SDK resources shared by every test module of this process -----------------------
+# The SDK never releases a UDP push port and listens on at most five per process, so tests
+# reuse a few fixed push ports and tell emulators apart by their own loopback address.
+_push_ports: Dict[int, int] = {}
+_loopback_numbers = itertools.count(10)
+
+
+def sdk_push_port(slot: int = 0) -> int:
+    """A free UDP port, the same one for every call with this slot (slots 0-2 in use)."""
+    if slot not in _push_ports:
+        _push_ports[slot] = free_udp_port()
+    return _push_ports[slot]
+
+
+def next_loopback_ip() -> str:
+    """A loopback address no other emulator of this process has used (127.0.x.y)."""
+    n = next(_loopback_numbers)
+    return f"127.0.{n // 200 + 1}.{n % 200 + 2}"
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def free_udp_port() -> int:
+    return free_push_port()
 
 
 @pytest.fixture

@@ -76,3 +76,15 @@ class RosHarness(NodeHost):
     def wait_for_subscribers(self, publisher, count: int = 1, timeout_s: float = 10.0) -> None:
         self.wait_for(lambda: publisher.get_subscription_count() >= count, timeout_s,
                       f"{count} subscriber(s) on {publisher.topic_name}")
+
+    def call(self, srv_type: Type, name: str, request: Any = None, timeout_s: float = 10.0):
+        """Call a service from the probe node and return its response."""
+        client = self.probe.create_client(srv_type, name)
+        try:
+            if not client.wait_for_service(timeout_sec=timeout_s):
+                raise AssertionError(f"service {name} did not appear in {timeout_s} s")
+            future = client.call_async(request if request is not None else srv_type.Request())
+            self.wait_for(future.done, timeout_s, f"the answer of {name}")
+            return future.result()
+        finally:
+            self.probe.destroy_client(client)

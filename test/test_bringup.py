@@ -4,28 +4,21 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import yaml
 
-from conftest import REPO, next_domain_id
-
-
-def _free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from conftest import REPO, free_port, free_udp_port, next_domain_id
 
 
 def _config_on_free_ports(tmp_path: Path) -> Path:
     """The shipped config with the sim endpoints moved to free ports (tests run side by side)."""
     data = yaml.safe_load((REPO / "config/bimanual.yaml").read_text())
     for side in ("left", "right"):
-        data["sim"]["arms"][side].update(tcp_port=_free_port(),
-                                         udp_port=_free_port(socket.SOCK_DGRAM))
+        data["sim"]["arms"][side].update(tcp_port=free_port(),
+                                         udp_port=free_udp_port())
     path = tmp_path / "bimanual.yaml"
     path.write_text(yaml.safe_dump(data))
     return path

@@ -3,14 +3,13 @@
 Every emulator gets its own loopback address (127.0.x.y), and all of them push to one UDP port
 per test process: the SDK's realtime callback is one per process, and the SDK listens on at
 most five distinct push ports per process and never releases one (the sixth gets
-"udp add port ... result: -2" and no callbacks). The callback below files each packet under
-the arm IP it came from.
+"udp add port ... result: -2" and no callbacks). The process-wide SDK access of the driver
+(`ate_ros.drivers.realman_sdk`) files each packet under the arm IP it came from.
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import math
 import os
@@ -29,32 +28,23 @@ import pytest
 
 from Robotic_Arm.rm_robot_interface import (
     RoboticArm,
-    rm_realtime_arm_joint_state_t,
-    rm_realtime_arm_state_callback_ptr,
     rm_realtime_push_config_t,
-    rm_thread_mode_e,
     rm_udp_custom_config_t,
 )
 
+from conftest import free_udp_port, next_loopback_ip, sdk_push_port
 from ate_core.robot.models import RM65_B, RM75_B, arm_model
+from ate_ros.drivers.realman_sdk import PushSample as SdkPush
+from ate_ros.drivers.realman_sdk import sdk
 from ate_ros.sim.realman_emulator import JsonObjectStream, RealManEmulator
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-# ---- SDK plumbing (one rm_init and one realtime callback per process) ---------------------------
-_sdk_initialised = False
+# ---- SDK plumbing: the process-wide SDK access the driver uses (one rm_init, one callback) -----
 
 
 def sdk_arm() -> RoboticArm:
-    """A RoboticArm; the first one of the process runs rm_init (TRIPLE mode: UDP thread on),
-    later ones must not, or the SDK re-initialises under the first arm."""
-    global _sdk_initialised
-    if _sdk_initialised:
-        return RoboticArm()
-    arm = RoboticArm(rm_thread_mode_e.RM_TRIPLE_MODE_E)
-    arm.rm_realtime_arm_state_call_back(_PUSH_CALLBACK)
-    _sdk_initialised = True
-    return arm
+    return sdk().new_arm()
 
 
 @dataclass
@@ -67,44 +57,15 @@ class PushSample:
 
 
 _push_lock = threading.Lock()
-_push_sinks: Dict[str, List[PushSample]] = {}
 
 
-def _on_push(state: rm_realtime_arm_joint_state_t) -> None:
-    ip = state.arm_ip.decode(errors="replace")
-    with _push_lock:
-        sink = _push_sinks.get(ip)
-        if sink is None:
-            return
-        sink.append(PushSample(
-            time.monotonic(), state.errCode, list(state.joint_status.joint_position),
-            [state.err.err[i] for i in range(state.err.err_len)], state.arm_current_status))
-
-
-_PUSH_CALLBACK = rm_realtime_arm_state_callback_ptr(_on_push)
-_ip_numbers = itertools.count(10)
-
-
-def next_loopback_ip() -> str:
-    n = next(_ip_numbers)
-    return f"127.0.{n // 200 + 1}.{n % 200 + 2}"
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-_sdk_push_port: Optional[int] = None
-
-
-def sdk_push_port() -> int:
-    """The one UDP port this process's SDK listens on for every emulated arm."""
-    global _sdk_push_port
-    if _sdk_push_port is None:
-        _sdk_push_port = free_udp_port()
-    return _sdk_push_port
+def _sink_into(sink: List[PushSample]):
+    def on_push(push: SdkPush) -> None:
+        with _push_lock:
+            sink.append(PushSample(time.monotonic(), push.parse_error,
+                                   [math.degrees(q) for q in push.positions_rad],
+                                   list(push.errors), push.status_code))
+    return on_push
 
 
 @dataclass
@@ -124,8 +85,7 @@ def connected(model: str = "RM75-B", **kwargs) -> Iterator[Rig]:
     ip = next_loopback_ip()
     emulator = RealManEmulator(model=model, ip=ip, tcp_port=0, push_port=sdk_push_port(), **kwargs)
     sink: List[PushSample] = []
-    with _push_lock:
-        _push_sinks[ip] = sink
+    sdk().subscribe(ip, arm_model(model).dof, _sink_into(sink))
     emulator.start()
     arm = None
     try:
@@ -136,8 +96,7 @@ def connected(model: str = "RM75-B", **kwargs) -> Iterator[Rig]:
         if arm is not None:
             arm.rm_delete_robot_arm()
         emulator.stop()
-        with _push_lock:
-            _push_sinks.pop(ip, None)
+        sdk().unsubscribe(ip)
 
 
 def wait_for(predicate, timeout: float = 2.0, period: float = 0.005) -> bool:
@@ -217,7 +176,7 @@ def test_realtime_push_reaches_the_sdk_at_200_hz_without_parse_errors():
     assert rate >= 190, f"{rate:.1f} callbacks/s"
     assert all(p.err_code == 0 for p in samples)
     assert samples[-1].joints_deg == pytest.approx([1, 2, 3, 4, 5, 6, 7], abs=1e-3)
-    assert samples[-1].errors == [0] and samples[-1].status == 0  # idle
+    assert samples[-1].errors == [] and samples[-1].status == 0  # err [0]: no active error; idle
 
 
 def test_set_realtime_push_changes_cycle_and_enable_and_get_reports_them():

@@ -11,6 +11,13 @@ Threads: the SDK's UDP thread calls ``_on_push`` (conversion + hand-over only); 
 (``realman-<name>-watchdog``) turns a silent controller into ``lost`` within the state
 timeout. ``stream`` is called by the commanding thread and never blocks on the network
 (``movej_canfd`` expects no reply). ``move_home`` blocks its caller for the whole move.
+
+The SDK matches replies to requests by name out of one queue per connection, and two
+request/reply calls in flight on one handle disturb each other (a blocking ``movej`` that
+polls state while ``set_arm_stop`` waits for its answer returned "send failed", and the
+process's SDK could then no longer connect). So every request/reply call of an arm is
+serialised by ``_request_lock``, and no call blocks for longer than one reply: the home move
+is a non-blocking ``movej`` whose end is read from the realtime state.
 """
 
 from __future__ import annotations
@@ -30,6 +37,12 @@ from ate_core.runtime.arm_command import JointLimits
 from ate_ros.drivers.realman_sdk import (
     PushSample, gripper_opening_m, gripper_wire, local_address_towards, sdk, wire_degrees,
 )
+
+
+#: arm_current_status values as the SDK reports them (rm_udp_arm_current_status_e).
+STATUS_MOVE_J = 2
+STATUS_STOP = 9
+STATUS_SLOW_STOP = 10
 
 
 class Link(str, Enum):
@@ -85,6 +98,10 @@ class RealManArm:
         self.limits = JointLimits(self.model.lower_rad, self.model.upper_rad,
                                   self.model.max_velocity_rad_s)
         self._lock = threading.Lock()
+        #: One request/reply exchange at a time per handle (see the module docstring).
+        self._request_lock = threading.Lock()
+        #: Handle lifetime vs. movej_canfd, which needs no reply and must not wait on a request.
+        self._handle_lock = threading.Lock()
         self._arm: Optional[RoboticArm] = None
         self._link = Link.CONNECTING
         self._link_since_ns = time.monotonic_ns()
@@ -190,7 +207,11 @@ class RealManArm:
             self.stats.commands_refused += 1
             self._fault("state timeout: no state push while streaming")
             return False
-        rc = arm.rm_movej_canfd(wire_degrees(q_rad), self.cfg.follow)
+        with self._handle_lock:
+            if self._arm is not arm:
+                self.stats.commands_refused += 1
+                return False
+            rc = arm.rm_movej_canfd(wire_degrees(q_rad), self.cfg.follow)
         if rc != 0:
             self.stats.commands_refused += 1
             self._fault(f"send failed: movej_canfd returned {rc}")
@@ -216,8 +237,13 @@ class RealManArm:
     def slow_stop(self) -> int:
         return self._call("slow stop", lambda a: a.rm_set_arm_slow_stop())
 
-    def move_home(self, q_rad: Sequence[float], speed_percent: int = 20) -> int:
-        """Planned joint move (blocking ``movej``); streaming is refused until it ends."""
+    def move_home(self, q_rad: Sequence[float], speed_percent: int = 20,
+                  timeout_s: float = 60.0, tolerance_rad: float = 1e-4) -> int:
+        """Planned joint move to ``q_rad``; blocks the caller until the arm is there.
+
+        Returns 0 at the target, -6 if the move was stopped, -4 on timeout, or the SDK's
+        code if the move was not accepted. Streaming is refused while it runs.
+        """
         if self._link is not Link.READY:
             return -1
         with self._lock:
@@ -225,18 +251,46 @@ class RealManArm:
                 return -1
             self._busy = "homing"
         try:
-            # A leftover error (e.g. a refused target) makes blocking movej return 1 at once.
+            # A leftover error (e.g. a refused target) makes the controller refuse the move.
             self._call("clear errors", lambda a: a.rm_clear_system_err())
-            return self._call("movej", lambda a: a.rm_movej(wire_degrees(q_rad), speed_percent,
-                                                             0, 0, 1))
+            started = time.monotonic_ns()
+            rc = self._call("movej", lambda a: a.rm_movej(wire_degrees(q_rad), speed_percent,
+                                                           0, 0, 0))
+            if rc != 0:
+                return rc
+            return self._wait_for_move(started, q_rad, timeout_s, tolerance_rad)
         finally:
             self._busy = ""
 
+    def _wait_for_move(self, started_ns: int, q_rad: Sequence[float], timeout_s: float,
+                       tolerance_rad: float) -> int:
+        # The status still says "stop" (or "idle") for a push or two after the move is sent,
+        # so a stop only ends the wait once the move has been seen running.
+        start_deadline = time.monotonic() + 1.0
+        deadline = time.monotonic() + timeout_s
+        moving = False
+        while time.monotonic() < deadline:
+            if self._link is not Link.READY:
+                return -1
+            state = self._state
+            if state is not None and state.received_mono_ns > started_ns:
+                moving = moving or state.status_code == STATUS_MOVE_J
+                error = max(abs(a - b) for a, b in zip(state.positions_rad, q_rad))
+                if state.status_code != STATUS_MOVE_J and error <= tolerance_rad:
+                    return 0
+                if moving and state.status_code in (STATUS_STOP, STATUS_SLOW_STOP):
+                    return -6  # the SDK's "stopped externally"
+                if not moving and time.monotonic() > start_deadline:
+                    return 1  # the controller did not start the move
+            time.sleep(0.005)
+        return -4
+
     def _call(self, what: str, fn: Callable[[RoboticArm], int]) -> int:
-        arm = self._arm
-        if arm is None or self._link is not Link.READY:
-            return -1
-        rc = fn(arm)
+        with self._request_lock:
+            arm = self._arm
+            if arm is None or self._link is not Link.READY:
+                return -1
+            rc = fn(arm)
         if rc == -1:
             self._fault(f"send failed: {what} returned -1")
         elif rc == -2:
@@ -325,10 +379,11 @@ class RealManArm:
             self.stats.gripper_commands += 1
 
     def _poll_gripper(self) -> None:
-        arm = self._arm
-        if arm is None:
-            return
-        rc, info = arm.rm_get_gripper_state()
+        with self._request_lock:
+            arm = self._arm
+            if arm is None:
+                return
+            rc, info = arm.rm_get_gripper_state()
         if rc == 0:
             self._gripper_m = gripper_opening_m(int(info["actpos"]), self._gripper_max_m)
             state = self._state
@@ -340,9 +395,10 @@ class RealManArm:
             self.stats.reply_timeouts += 1
 
     def _drop_handle(self) -> None:
-        arm, self._arm = self._arm, None
-        if arm is not None:
-            arm.rm_delete_robot_arm()
+        with self._request_lock, self._handle_lock:
+            arm, self._arm = self._arm, None
+            if arm is not None:
+                arm.rm_delete_robot_arm()
 
     # ---- watchdog ----------------------------------------------------------------------------
 

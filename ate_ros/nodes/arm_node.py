@@ -55,6 +55,7 @@ class ArmNode(Node):
         self._checker: Optional[CommandChecker] = None
         self._pushes_at_report = (0, time.monotonic())
         self._lock = threading.Lock()
+        self._closing = False
 
         self._state_pub = self.create_publisher(JointState, cfg.topics.arm_joint_states, 10)
         self._diag_pub = self.create_publisher(DiagnosticArray, cfg.topics.diagnostics, 10)
@@ -76,6 +77,9 @@ class ArmNode(Node):
         self.driver.start()
 
     def destroy_node(self) -> None:
+        # On Ctrl-C rclpy shuts the context down before nodes are destroyed; from here on the
+        # driver's callbacks must not publish.
+        self._closing = True
         self.driver.close()
         if self._home_thread is not None:
             self._home_thread.join(5.0)
@@ -83,18 +87,27 @@ class ArmNode(Node):
 
     # ---- state out -----------------------------------------------------------------------------
 
+    def _alive(self) -> bool:
+        return not self._closing and self.context.ok()
+
     def _on_state(self, state: ArmState) -> None:
         # Called on the SDK's UDP thread; publishing is thread-safe in rclpy.
-        if state.gripper_opening_m is None:
+        if state.gripper_opening_m is None or not self._alive():
             return  # the first gripper reading comes within ms of connecting
         msg = JointState()
         msg.header.stamp = self.get_clock().now().to_msg()
         msg.name = list(self._names)
         msg.position = [*state.positions_rad, state.gripper_opening_m]
         msg.velocity = [*state.velocities_rad_s, 0.0]
-        self._state_pub.publish(msg)
+        try:
+            self._state_pub.publish(msg)
+        except Exception:
+            if self._alive():
+                raise  # a real publishing error; a context shut down under this thread is not
 
     def _on_link(self, link: Link, reason: str) -> None:
+        if not self._alive():
+            return
         if link is Link.READY:
             d = self.driver
             self._checker = CommandChecker(self.arm_cfg.joint_names, self.arm_cfg.gripper_joint,
