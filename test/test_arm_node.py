@@ -188,6 +188,24 @@ def test_malformed_commands_never_reach_the_controller(ros):
                      "the good command at the controller")
 
 
+def test_controller_errors_and_slow_stop_show_on_diagnostics_and_the_arm(ros):
+    with emulated_arms(ros, sides=("left",)) as rig:
+        diagnostics = ros.subscribe(DiagnosticArray, "/diagnostics")
+        rig.emulators["left"].raise_error(0x1002)
+
+        def reported():
+            for status in _diagnostics_for(diagnostics, "left"):
+                if status.level == DiagnosticStatus.ERROR and "0x1002 target angle over limit" \
+                        in status.message:
+                    return status
+            return None
+
+        status = ros.wait_for(reported, 5.0, "the controller error on /diagnostics")
+        assert dict((kv.key, kv.value) for kv in status.values)["link"] == "ready"
+        assert ros.call(Trigger, "/left_arm/slow_stop").success
+        assert rig.emulators["left"].commands("set_arm_slow_stop")
+
+
 def test_gripper_services_and_gripper_commands_work_end_to_end(ros):
     with emulated_arms(ros, sides=("left",)) as rig:
         def opening():

@@ -1,5 +1,9 @@
 """One RealMan arm on ROS: ``joint_states`` out, ``command`` in, stop/home/gripper services.
 
+Services (std_srvs/Trigger): ``stop`` (immediate), ``slow_stop`` (decelerate), ``home``
+(planned move to the configured home pose; outcome on ``home_result``), ``gripper_open``,
+``gripper_close``.
+
 Runs in the arm's namespace (``/left_arm``, ``/right_arm``). Joint states are published from
 the controller's realtime push as it arrives (200 Hz), joints in rad plus the gripper opening
 in metres. Every command goes through ``ate_core.runtime.arm_command.CommandChecker``;
@@ -61,6 +65,7 @@ class ArmNode(Node):
         self._diag_pub = self.create_publisher(DiagnosticArray, cfg.topics.diagnostics, 10)
         self.create_subscription(JointState, cfg.topics.arm_command, self._on_command, 10)
         self.create_service(Trigger, "stop", self._srv_stop)
+        self.create_service(Trigger, "slow_stop", self._srv_slow_stop)
         self.create_service(Trigger, "gripper_open", self._srv_gripper(lambda d: d.gripper_open()))
         self.create_service(Trigger, "gripper_close", self._srv_gripper(lambda d: d.gripper_close()))
         # A home move takes seconds: the service starts it on its own thread and answers at
@@ -161,6 +166,10 @@ class ArmNode(Node):
     def _srv_stop(self, _request, response):
         self._last_command = None
         return self._answer(response, self.driver.stop_motion(), "stop")
+
+    def _srv_slow_stop(self, _request, response):
+        self._last_command = None
+        return self._answer(response, self.driver.slow_stop(), "slow stop")
 
     def _srv_gripper(self, action):
         def handler(_request, response):
