@@ -9,6 +9,7 @@ seconds (0: until Ctrl-C) and prints what it saw.
 from __future__ import annotations
 
 import argparse
+import gc
 import signal
 import sys
 import threading
@@ -109,6 +110,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"ate_bringup: {e}", file=sys.stderr)
         return 2
 
+    gc.collect()
+    gc.freeze()  # see ate_ros.nodes.arm_node._spin: keep full collections short
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -21,7 +21,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
+from typing import Iterator, List
 
 import numpy as np
 import pytest
@@ -360,8 +360,15 @@ def test_push_delay_shows_as_a_gap_then_the_rate_returns():
 def test_injected_error_code_appears_in_err_until_cleared():
     with connected() as rig:
         rig.emulator.raise_error(0x5003)
-        assert rig.arm.rm_get_current_arm_state()[1]["err"]["err"] == ["20483"]
-        assert rig.arm.rm_get_arm_all_state()[1]["err"]["err"] == ["20483"]
+        # Each query is checked for its return code too: a reply the SDK did not match (-2)
+        # carries no err list, and that is not what this test is about.
+        def reported() -> bool:
+            rc, state = rig.arm.rm_get_current_arm_state()
+            return rc == 0 and state["err"]["err"] == ["20483"]
+
+        assert wait_for(reported)
+        rc, state = rig.arm.rm_get_arm_all_state()
+        assert (rc, state["err"]["err"]) == (0, ["20483"])
         assert wait_for(lambda: rig.pushes[-1].errors == [0x5003])
         assert rig.arm.rm_clear_system_err() == 0
         assert rig.emulator.errors == ()

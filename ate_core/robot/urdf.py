@@ -27,8 +27,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Uni
 import numpy as np
 
 from ate_core.robot import kinematics
-from ate_core.robot.layout import ArmPlacement, BimanualLayout, default_bimanual_layout, \
-    matrix_to_rpy
+from ate_core.robot.layout import ArmPlacement, BimanualLayout, matrix_to_rpy
 from ate_core.robot.models import GRIPPER_MAX_FORCE_N, GRIPPER_MAX_OPENING_M, \
     GRIPPER_MAX_SPEED_M_S
 

@@ -39,6 +39,9 @@ from ate_ros.drivers.realman_sdk import (
 )
 
 
+#: How long a stale state is re-checked before the controller counts as silent.
+STALE_GRACE_S = 0.010
+
 #: arm_current_status values as the SDK reports them (rm_udp_arm_current_status_e).
 STATUS_MOVE_J = 2
 STATUS_STOP = 9
@@ -402,12 +405,19 @@ class RealManArm:
 
     # ---- watchdog ----------------------------------------------------------------------------
 
+    def _state_age_ns(self) -> int:
+        state = self._state
+        return time.monotonic_ns() - (state.received_mono_ns if state else self._link_since_ns)
+
     def _watch(self) -> None:
         period = min(0.005, self._state_timeout_ns / 1e9 / 4)
         while not self._stop.wait(period):
-            if self._link is not Link.READY:
+            if self._link is not Link.READY or self._state_age_ns() <= self._state_timeout_ns:
                 continue
-            state = self._state
-            age = time.monotonic_ns() - (state.received_mono_ns if state else self._link_since_ns)
-            if age > self._state_timeout_ns:
+            # After a pause of the whole process (a garbage collection, CPU load) this thread
+            # may run before the SDK thread has delivered the pushes that queued up meanwhile:
+            # give them one grace period before calling the controller silent.
+            time.sleep(STALE_GRACE_S)
+            age = self._state_age_ns()
+            if self._link is Link.READY and age > self._state_timeout_ns:
                 self._fault(f"state timeout: no state push for {age / 1e6:.0f} ms")

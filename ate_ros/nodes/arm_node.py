@@ -13,6 +13,7 @@ share one process (``arm_nodes``), which is also how the in-process bringup runs
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -230,6 +231,10 @@ class ArmNode(Node):
 
 
 def _spin(nodes: List[Node]) -> None:
+    # Full garbage collections over everything imported so far (rclpy, numpy, the SDK) pause
+    # all threads for tens of ms: long enough to look like a silent controller. Freeze them.
+    gc.collect()
+    gc.freeze()
     executor = SingleThreadedExecutor()
     for node in nodes:
         executor.add_node(node)
