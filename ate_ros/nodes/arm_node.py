@@ -27,6 +27,8 @@ from std_srvs.srv import Trigger
 
 from ate_core.config import BimanualConfig, simulated
 from ate_core.runtime.arm_command import CommandChecker, CommandRejected
+from ate_core.runtime.joint_states import JointSample
+from ate_ros.conversions import sample_to_joint_state
 from ate_ros.diagnostics import ERROR, OK, STALE, WARN, diagnostic_array, diagnostic_status
 from ate_ros.drivers.realman_arm import ArmState, Link, RealManArm
 from ate_ros.drivers.realman_sdk import describe_error
@@ -100,11 +102,9 @@ class ArmNode(Node):
         # Called on the SDK's UDP thread; publishing is thread-safe in rclpy.
         if state.gripper_opening_m is None or not self._alive():
             return  # the first gripper reading comes within ms of connecting
-        msg = JointState()
-        msg.header.stamp = self.get_clock().now().to_msg()
-        msg.name = list(self._names)
-        msg.position = [*state.positions_rad, state.gripper_opening_m]
-        msg.velocity = [*state.velocities_rad_s, 0.0]
+        msg = sample_to_joint_state(JointSample(
+            self._names, (*state.positions_rad, state.gripper_opening_m),
+            (*state.velocities_rad_s, 0.0), self.get_clock().now().nanoseconds))
         try:
             self._state_pub.publish(msg)
         except Exception:
