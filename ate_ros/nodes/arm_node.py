@@ -223,6 +223,9 @@ class ArmNode(Node):
                   "udp_port": self.arm_cfg.udp_port, "state_rate_hz": f"{rate:.1f}",
                   "commands_sent": d.stats.commands_sent, "commands_refused": d.stats.commands_refused,
                   "reconnects": d.stats.reconnects, "last_fault": d.stats.last_fault,
+                  "push_parse_errors": d.stats.push_parse_errors,
+                  "gripper_commands": d.stats.gripper_commands,
+                  **{f"faults.{kind}": n for kind, n in sorted(d.stats.faults.items())},
                   "controller_errors": ", ".join(describe_error(e) for e in errors) or "none",
                   **{f"rejected.{rule}": n for rule, n in sorted(rejected.items())}}
         status = diagnostic_status(f"{self.get_namespace().strip('/')}: RealMan {self.arm_cfg.model}",
