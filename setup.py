@@ -26,6 +26,8 @@ TOOLS = {
     "ate_bringup": "ate_ros.bringup:main",
     "ate_urdf": "ate_core.robot.urdf_cli:main",
     "ate_realman_emulator": "ate_ros.sim.realman_emulator:main",
+    "ate_train": "ate_core.train.cli:main",
+    "ate_synthetic_dataset": "ate_core.data.synthetic:main",
 }
 
 setup(

@@ -76,6 +76,13 @@ def _nonempty(value: Any) -> Optional[str]:
     return None if value else "must not be empty"
 
 
+# Public names for the checks, so other typed configs (policies, training) validate alike.
+in_range = _in_range
+positive = _positive
+one_of = _one_of
+nonempty = _nonempty
+
+
 def checked(default: Any = dataclasses.MISSING, *, check: Check, doc: str = "") -> Any:
     """A dataclass field with a value check (and an optional one-line description)."""
     meta = {"check": check, "doc": doc}

@@ -77,6 +77,10 @@ def free_udp_port() -> int:
 
 
 def pytest_sessionstart(session) -> None:
+    # One intra-op torch thread: the policies are many small ops, and on a 2-core machine that
+    # also runs DDS, the SDK and emulators, OpenMP's spinning workers made them many times slower.
+    import torch
+    torch.set_num_threads(1)
     # Imported modules (torch, rclpy, numpy) make full garbage collections take tens of ms,
     # long enough to look like a silent controller (50 ms link timeout) to an in-process
     # driver. Moving what exists now out of the collector's reach keeps pauses short.

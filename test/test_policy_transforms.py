@@ -199,3 +199,11 @@ def test_composed_pipeline_and_its_inverse_round_trip_on_numpy_and_torch():
     ut = to_policy(torch.from_numpy(a))
     np.testing.assert_allclose(ut.numpy(), u, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(to_robot(ut).numpy(), a, rtol=1e-6, atol=1e-6)
+
+
+def test_action_space_survives_pickling_for_dataloader_workers():
+    import pickle
+    space = default_action_space()
+    copy = pickle.loads(pickle.dumps(space))
+    assert copy == space and hash(copy) == hash(space)
+    assert copy.slots("rm65_single") == space.slots("rm65_single")

@@ -113,6 +113,10 @@ class UnifiedActionSpace:
     def __hash__(self) -> int:  # the mapping is not hashable; its frozen contents are
         return hash((self.width, tuple(sorted(self.embodiments.items()))))
 
+    def __reduce__(self) -> Tuple[Any, Tuple[Any, ...]]:
+        # DataLoader workers pickle it; a mappingproxy cannot be, its plain contents can.
+        return (UnifiedActionSpace, (dict(self.embodiments), self.width))
+
     def dim(self, embodiment: str) -> int:
         """Native action dimension of ``embodiment``."""
         return len(self.slots(embodiment))
