@@ -16,7 +16,7 @@ from ate_core.policy import factory
 from ate_core.policy.base import Observation
 from ate_core.policy.transforms import NormStats
 from ate_core.train import checkpoint as ckpt
-from ate_core.train.checkpoint import CheckpointError, load_pretrained, save_pretrained
+from ate_core.policy.pretrained import CheckpointError, load_pretrained, save_pretrained
 
 ENCODER = {"backbone": "resnet10_small", "d_model": 32, "pool": "avg", "text_dim": 8, "text_buckets": 64}
 TINY = {
@@ -259,15 +259,17 @@ def test_load_leaves_the_callers_rng_alone(saved) -> None:
 
 
 def test_failed_save_leaves_no_directory(tmp_path: Path, monkeypatch) -> None:
+    from ate_core.policy import pretrained
+
     policy = tiny_policy()
-    real = ckpt._write_tensors
+    real = pretrained._write_tensors
 
     def fail_on_stats(path, tensors, metadata=None):
         if Path(path).name == "stats.safetensors":
             raise OSError("disk full")
         real(path, tensors, metadata)
 
-    monkeypatch.setattr(ckpt, "_write_tensors", fail_on_stats)
+    monkeypatch.setattr(pretrained, "_write_tensors", fail_on_stats)
     with pytest.raises(OSError, match="disk full"):
         save_pretrained(tmp_path / "m", policy, tiny_stats(), {"embodiment": "rm75_bimanual"})
     assert list(tmp_path.iterdir()) == []

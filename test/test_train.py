@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from ate_core.config import ConfigError
 from ate_core.data.synthetic import generate_synthetic_dataset
-from ate_core.train.checkpoint import load_pretrained
+from ate_core.policy.pretrained import load_pretrained
 from ate_core.train.config import train_config_from_dict
 from ate_core.train.trainer import TrainingError, train
 

@@ -39,6 +39,7 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
+from ate_core.durable_io import fsync_file as _fsync_file, fsync_dir as _fsync_dir
 from ate_core.policy.transforms import ActionSpaceError, default_action_space
 
 __all__ = [
@@ -457,27 +458,6 @@ def _save_tensors(tensors: Dict[str, np.ndarray], path: Path, mode: int) -> None
     save_file(tensors, str(path))
     os.chmod(path, mode)  # safetensors creates its files private
     _fsync_file(path)
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some filesystems refuse fsync on directories; the rename is still atomic
-    finally:
-        os.close(fd)
 
 
 class EpisodeWriter:

@@ -6,7 +6,7 @@ safetensors + JSON in LeRobot's layout, and :func:`load_pretrained` is how infer
 get a policy back. Runtime code imports only :mod:`.checkpoint`, which needs no training code.
 """
 
-from ate_core.train.checkpoint import CheckpointError, LoadedPolicy, load_pretrained, save_pretrained
+from ate_core.policy.pretrained import CheckpointError, LoadedPolicy, load_pretrained, save_pretrained
 from ate_core.train.config import DatasetConfig, EmaConfig, PolicySection, TrainConfig, load_train_config
 
 __all__ = [
