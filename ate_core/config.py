@@ -224,21 +224,26 @@ def simulated(cfg: BimanualConfig) -> BimanualConfig:
 # Loading
 
 
-def load_config(path: Union[str, os.PathLike], cls: Type[T] = BimanualConfig) -> T:  # type: ignore[assignment]
-    """Read a YAML file into ``cls``; every problem raises :class:`ConfigError`."""
+def read_yaml(path: Union[str, os.PathLike]) -> Any:
+    """The plain data of a YAML file (``{}`` for an empty one); problems raise :class:`ConfigError`."""
     source = os.fspath(path)
     try:
         with open(source, encoding="utf-8") as f:
             data = yaml.safe_load(f)
     except FileNotFoundError:
         raise ConfigError(source, "", "file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(source, "", "is a directory, not a YAML file") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark is not None else "YAML"
         raise ConfigError(source, "", f"{where}: invalid YAML: {getattr(e, 'problem', e)}") from None
-    if data is None:
-        data = {}
-    return from_dict(cls, data, source)
+    return {} if data is None else data
+
+
+def load_config(path: Union[str, os.PathLike], cls: Type[T] = BimanualConfig) -> T:  # type: ignore[assignment]
+    """Read a YAML file into ``cls``; every problem raises :class:`ConfigError`."""
+    return from_dict(cls, read_yaml(path), os.fspath(path))
 
 
 def from_dict(cls: Type[T], data: Any, source: str = "<dict>") -> T:

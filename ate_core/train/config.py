@@ -19,7 +19,7 @@ from typing import Any, Dict, Iterator, Mapping, Optional, Sequence, Tuple, Unio
 
 import yaml
 
-from ate_core.config import ConfigError, Problem, checked, from_dict, in_range, nonempty, one_of
+from ate_core.config import ConfigError, Problem, checked, from_dict, in_range, nonempty, one_of, read_yaml
 from ate_core.policy import factory
 
 __all__ = [
@@ -212,20 +212,6 @@ def _plain(v: Any) -> Any:
     return v
 
 
-def _read_yaml(source: str) -> Any:
-    try:
-        with open(source, encoding="utf-8") as f:
-            return yaml.safe_load(f)
-    except FileNotFoundError:
-        raise ConfigError(source, "", "file not found") from None
-    except IsADirectoryError:
-        raise ConfigError(source, "", "is a directory, not a YAML file") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark is not None else "YAML"
-        raise ConfigError(source, "", f"{where}: invalid YAML: {getattr(e, 'problem', e)}") from None
-
-
 def parse_overrides(items: Sequence[str], source: str = "--set") -> Dict[str, Any]:
     """``["steps=2000", "dataset.roots=[a, b]"]`` -> ``{"steps": 2000, "dataset.roots": ["a", "b"]}``.
 
@@ -270,9 +256,7 @@ def load_train_config(path: Union[str, os.PathLike],
     An error names the file, or ``override_source`` when the offending key was overridden.
     """
     source = os.fspath(path)
-    data = _read_yaml(source)
-    if data is None:
-        data = {}
+    data = read_yaml(source)
     if not isinstance(data, dict):
         raise ConfigError(source, "", "expected a mapping at the top level")
     if not overrides:
