@@ -224,6 +224,15 @@ def simulated(cfg: BimanualConfig) -> BimanualConfig:
 # Loading
 
 
+def plain_data(value: Any) -> Any:
+    """Tuples as lists, recursively: the form YAML and JSON write (the inverse of :func:`from_dict`)."""
+    if isinstance(value, (tuple, list)):
+        return [plain_data(x) for x in value]
+    if isinstance(value, dict):
+        return {k: plain_data(x) for k, x in value.items()}
+    return value
+
+
 def read_yaml(path: Union[str, os.PathLike]) -> Any:
     """The plain data of a YAML file (``{}`` for an empty one); problems raise :class:`ConfigError`."""
     source = os.fspath(path)

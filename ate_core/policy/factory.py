@@ -11,7 +11,7 @@ import dataclasses
 import importlib
 from typing import Any, Dict, Tuple, Type
 
-from ate_core.config import ConfigError, from_dict
+from ate_core.config import ConfigError, from_dict, plain_data
 from ate_core.policy.base import Policy
 
 __all__ = ["POLICY_TYPES", "config_class", "policy_class", "make_config", "make_policy", "config_to_dict"]
@@ -61,10 +61,4 @@ def make_policy(policy_type: str, config: Any = None) -> Policy:
 
 def config_to_dict(config: Any) -> Dict[str, Any]:
     """The plain-data form of a policy config (tuples as lists), for JSON next to the weights."""
-    def plain(v: Any) -> Any:
-        if isinstance(v, (tuple, list)):
-            return [plain(x) for x in v]
-        if isinstance(v, dict):
-            return {k: plain(x) for k, x in v.items()}
-        return v
-    return plain(dataclasses.asdict(config))
+    return plain_data(dataclasses.asdict(config))

@@ -19,7 +19,7 @@ from typing import Any, Dict, Iterator, Mapping, Optional, Sequence, Tuple, Unio
 
 import yaml
 
-from ate_core.config import ConfigError, Problem, checked, from_dict, in_range, nonempty, one_of, read_yaml
+from ate_core.config import ConfigError, Problem, checked, from_dict, in_range, nonempty, one_of, plain_data, read_yaml
 from ate_core.policy import factory
 
 __all__ = [
@@ -198,18 +198,11 @@ def train_config_to_dict(cfg: TrainConfig) -> Dict[str, Any]:
         if isinstance(value, PolicySection):
             out[f.name] = value.to_dict()
         elif dataclasses.is_dataclass(value):
-            out[f.name] = _plain(dataclasses.asdict(value))
+            out[f.name] = plain_data(dataclasses.asdict(value))
         else:
-            out[f.name] = _plain(value)
+            out[f.name] = plain_data(value)
     return out
 
-
-def _plain(v: Any) -> Any:
-    if isinstance(v, (tuple, list)):
-        return [_plain(x) for x in v]
-    if isinstance(v, dict):
-        return {k: _plain(x) for k, x in v.items()}
-    return v
 
 
 def parse_overrides(items: Sequence[str], source: str = "--set") -> Dict[str, Any]:
