@@ -27,7 +27,6 @@ import numpy as np
 import pytest
 
 from Robotic_Arm.rm_robot_interface import (
-    RoboticArm,
     rm_realtime_push_config_t,
     rm_udp_custom_config_t,
 )
@@ -35,7 +34,7 @@ from Robotic_Arm.rm_robot_interface import (
 from conftest import free_udp_port, next_loopback_ip, sdk_push_port
 from ate_core.robot.models import RM65_B, RM75_B, arm_model
 from ate_ros.drivers.realman_sdk import PushSample as SdkPush
-from ate_ros.drivers.realman_sdk import sdk
+from ate_ros.drivers.realman_sdk import SdkArm, sdk
 from ate_ros.sim.realman_emulator import JsonObjectStream, RealManEmulator
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -43,7 +42,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # ---- SDK plumbing: the process-wide SDK access the driver uses (one rm_init, one callback) -----
 
 
-def sdk_arm() -> RoboticArm:
+def sdk_arm() -> SdkArm:
     return sdk().new_arm()
 
 
@@ -71,7 +70,7 @@ def _sink_into(sink: List[PushSample]):
 @dataclass
 class Rig:
     emulator: RealManEmulator
-    arm: RoboticArm
+    arm: SdkArm
     handle_id: int
     pushes: List[PushSample] = field(default_factory=list)
 
@@ -162,6 +161,37 @@ def test_connect_sends_the_documented_sequence_and_the_log_records_it(tmp_path):
     assert [entry["name"] for entry in lines] == names
     assert all(entry["payload"]["command"] == entry["name"] for entry in lines)
     assert all(entry["mono_s"] > 0 and entry["wall_s"] > 1e9 and entry["handled"] for entry in lines)
+
+
+@contextlib.contextmanager
+def signal_storm(signum: int, period_s: float = 0.001) -> Iterator[None]:
+    """A handler for ``signum`` (as torch's DataLoader installs for SIGCHLD) and another process
+    sending it to this one every ``period_s``: any thread may be the one it lands on."""
+    previous = signal.signal(signum, lambda *_: None)
+    sender = subprocess.Popen([sys.executable, "-c",
+                               "import os, sys, time\n"
+                               f"while True:\n    os.kill({os.getpid()}, {int(signum)}); time.sleep({period_s})"])
+    try:
+        time.sleep(0.2)
+        yield
+    finally:
+        sender.kill()
+        sender.wait()
+        signal.signal(signum, previous)
+
+
+def test_sdk_calls_survive_a_storm_of_signals():
+    """An interrupted connect/recv is a failure to the SDK; its calls run with signals deferred."""
+    with signal_storm(signal.SIGCHLD):
+        for _ in range(30):
+            with connected(initial_joints_deg=[1, 2, 3, 4, 5, 6, 7]) as rig:
+                assert rig.handle_id >= 1
+                for _ in range(20):
+                    ret, joints = rig.arm.rm_get_joint_degree()
+                    assert ret == 0 and joints == pytest.approx([1, 2, 3, 4, 5, 6, 7], abs=1e-3)
+                t0 = time.monotonic()
+                time.sleep(0.15)
+                assert len(rig.pushes_since(t0)) >= 20
 
 
 # ---- realtime push -----------------------------------------------------------------------------------

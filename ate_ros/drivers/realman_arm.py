@@ -29,13 +29,13 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
-from Robotic_Arm.rm_robot_interface import RoboticArm, rm_realtime_push_config_t, rm_udp_custom_config_t
+from Robotic_Arm.rm_robot_interface import rm_realtime_push_config_t, rm_udp_custom_config_t
 
 from ate_core.config import ArmConfig
 from ate_core.robot.models import GRIPPER_MAX_OPENING_M, arm_model
 from ate_core.runtime.arm_command import JointLimits
 from ate_ros.drivers.realman_sdk import (
-    PushSample, gripper_opening_m, gripper_wire, local_address_towards, sdk, wire_degrees,
+    PushSample, SdkArm, gripper_opening_m, gripper_wire, local_address_towards, sdk, wire_degrees,
 )
 
 
@@ -105,7 +105,7 @@ class RealManArm:
         self._request_lock = threading.Lock()
         #: Handle lifetime vs. movej_canfd, which needs no reply and must not wait on a request.
         self._handle_lock = threading.Lock()
-        self._arm: Optional[RoboticArm] = None
+        self._arm: Optional[SdkArm] = None
         self._link = Link.CONNECTING
         self._link_since_ns = time.monotonic_ns()
         self._state: Optional[ArmState] = None
@@ -288,7 +288,7 @@ class RealManArm:
             time.sleep(0.005)
         return -4
 
-    def _call(self, what: str, fn: Callable[[RoboticArm], int]) -> int:
+    def _call(self, what: str, fn: Callable[[SdkArm], int]) -> int:
         with self._request_lock:
             arm = self._arm
             if arm is None or self._link is not Link.READY:
@@ -360,7 +360,7 @@ class RealManArm:
         arm.rm_delete_robot_arm()
         return False
 
-    def _read_limits(self, arm: RoboticArm) -> Optional[JointLimits]:
+    def _read_limits(self, arm: SdkArm) -> Optional[JointLimits]:
         """The controller's own limits (degrees, deg/s) take precedence over the model table."""
         readings = [arm.rm_get_joint_min_pos(), arm.rm_get_joint_max_pos(),
                     arm.rm_get_joint_max_speed()]

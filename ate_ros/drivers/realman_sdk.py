@@ -10,15 +10,24 @@ The SDK has process-level state that every arm shares, so it lives here once:
   reconnect).
 - The SDK never releases a UDP push port and listens on at most five per process, so each arm
   keeps one fixed push port for the life of the process, reconnects included.
+- The SDK treats an interrupted system call as a failure: a signal that lands on a thread inside
+  ``connect``/``recv`` (SIGCHLD from any child process once Python, or torch's DataLoader, has
+  a handler for it; SIGINT; a timer) ends in "socket connect err!" or a lost link. Every SDK call
+  therefore runs with asynchronous signals blocked in the calling thread (:class:`SdkArm`);
+  the threads the SDK starts inherit that mask and never see a signal. Python runs its handlers
+  in the main thread between bytecodes anyway, so a deferred signal only waits for the call.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
+import signal
 import socket
 import threading
 from dataclasses import dataclass
-from typing import Callable, Dict, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, Sequence, Tuple
 
 from Robotic_Arm.rm_robot_interface import (
     RoboticArm, rm_realtime_arm_state_callback_ptr, rm_thread_mode_e,
@@ -41,6 +50,42 @@ class PushSample:
 
 PushHandler = Callable[[PushSample], None]
 
+#: Signals that report a fault of the thread itself stay deliverable; all others wait.
+_SYNCHRONOUS = {signal.SIGKILL, signal.SIGSTOP, signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE,
+                signal.SIGILL, signal.SIGTRAP, signal.SIGABRT, signal.SIGSYS}
+_DEFERRED = frozenset(signal.valid_signals()) - _SYNCHRONOUS
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Block asynchronous signals in this thread for the duration (threads started inside
+    inherit the mask); pending ones are delivered when it ends."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+class SdkArm:
+    """A ``RoboticArm`` whose every method runs inside :func:`signals_deferred`."""
+
+    __slots__ = ("_arm",)
+
+    def __init__(self, arm: RoboticArm) -> None:
+        self._arm = arm
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._arm, name)
+        if not callable(value):
+            return value
+
+        @functools.wraps(value)
+        def deferred(*args: Any, **kwargs: Any) -> Any:
+            with signals_deferred():
+                return value(*args, **kwargs)
+        return deferred
+
 
 class _Sdk:
     def __init__(self) -> None:
@@ -49,14 +94,14 @@ class _Sdk:
         self._handlers: Dict[str, Tuple[int, PushHandler]] = {}
         self._callback = rm_realtime_arm_state_callback_ptr(self._on_push)
 
-    def new_arm(self) -> RoboticArm:
-        with self._lock:
+    def new_arm(self) -> SdkArm:
+        with self._lock, signals_deferred():
             if self._initialised:
-                return RoboticArm()
-            arm = RoboticArm(rm_thread_mode_e.RM_TRIPLE_MODE_E)
+                return SdkArm(RoboticArm())
+            arm = RoboticArm(rm_thread_mode_e.RM_TRIPLE_MODE_E)  # rm_init: starts the SDK's threads
             arm.rm_realtime_arm_state_call_back(self._callback)
             self._initialised = True
-            return arm
+            return SdkArm(arm)
 
     def subscribe(self, arm_ip: str, dof: int, handler: PushHandler) -> None:
         with self._lock:
