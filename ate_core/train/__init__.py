@@ -1,7 +1,8 @@
 """Training: pre-training and fine-tuning from YAML, checkpoints, EMA, resume, torchrun.
 
 ``ate_train --config config/train_diffusion.yaml`` (:mod:`ate_core.train.cli`) is the entry
-point; :func:`train` is the same loop as a function. Checkpoints (:mod:`.checkpoint`) are
+point; :func:`train` is the same loop as a function. ``ate_finetune`` (:mod:`.finetune_cli`,
+:mod:`.finetune`) runs it on a pre-trained checkpoint with the plain or the ATE-guided loss. Checkpoints (:mod:`.checkpoint`) are
 safetensors + JSON in LeRobot's layout, and :func:`load_pretrained` is how inference and replay
 get a policy back. Runtime code imports only :mod:`.checkpoint`, which needs no training code.
 """

@@ -15,7 +15,7 @@ import dataclasses
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Sequence, Tuple, TypeVar, Union
 
 import yaml
 
@@ -32,26 +32,34 @@ __all__ = [
     "train_config_to_dict",
     "parse_overrides",
     "apply_overrides",
+    "load_yaml_config",
+    "positive_int",
+    "non_negative_int",
+    "non_negative",
+    "learning_rate",
+    "betas_in_range",
 ]
 
+T = TypeVar("T")
 
-def _positive_int(value: int) -> Optional[str]:
+
+def positive_int(value: int) -> Optional[str]:
     return None if value > 0 else f"{value} must be > 0"
 
 
-def _non_negative_int(value: int) -> Optional[str]:
+def non_negative_int(value: int) -> Optional[str]:
     return None if value >= 0 else f"{value} must be >= 0"
 
 
-def _non_negative(value: float) -> Optional[str]:
+def non_negative(value: float) -> Optional[str]:
     return None if math.isfinite(value) and value >= 0 else f"{value} must be >= 0"
 
 
-def _lr(value: float) -> Optional[str]:
+def learning_rate(value: float) -> Optional[str]:
     return None if math.isfinite(value) and 0 < value < 1 else f"{value} is not a learning rate in (0, 1)"
 
 
-def _betas(value: Tuple[float, float]) -> Optional[str]:
+def betas_in_range(value: Tuple[float, float]) -> Optional[str]:
     for b in value:
         if not (math.isfinite(b) and 0 <= b < 1):
             return f"{b} is outside [0, 1)"
@@ -89,7 +97,7 @@ class EmaConfig:
     """
 
     enabled: bool = True
-    update_after_step: int = checked(0, check=_non_negative_int)
+    update_after_step: int = checked(0, check=non_negative_int)
     inv_gamma: float = checked(1.0, check=in_range(1e-6, 1e9))
     power: float = checked(0.75, check=in_range(1e-3, 10.0))
     min_value: float = checked(0.0, check=in_range(0.0, 1.0))
@@ -126,23 +134,23 @@ class TrainConfig:
     policy: Optional[PolicySection] = None
     embodiment: str = ""
     norm_mode: str = checked("mean_std", check=one_of("mean_std", "min_max"))
-    steps: int = checked(100_000, check=_positive_int)
-    batch_size: int = checked(64, check=_positive_int)
-    num_workers: int = checked(4, check=_non_negative_int)
-    lr: float = checked(1e-4, check=_lr)
-    weight_decay: float = checked(1e-6, check=_non_negative)
-    betas: Tuple[float, float] = checked((0.95, 0.999), check=_betas)
+    steps: int = checked(100_000, check=positive_int)
+    batch_size: int = checked(64, check=positive_int)
+    num_workers: int = checked(4, check=non_negative_int)
+    lr: float = checked(1e-4, check=learning_rate)
+    weight_decay: float = checked(1e-6, check=non_negative)
+    betas: Tuple[float, float] = checked((0.95, 0.999), check=betas_in_range)
     eps: float = checked(1e-8, check=in_range(1e-12, 1e-2))
-    warmup_steps: int = checked(500, check=_non_negative_int)
+    warmup_steps: int = checked(500, check=non_negative_int)
     scheduler: str = checked("cosine", check=one_of("cosine", "constant"),
                              doc="after warm-up: cosine decay to 0 at `steps`, or constant")
-    grad_clip_norm: float = checked(10.0, check=_non_negative, doc="0 disables clipping")
+    grad_clip_norm: float = checked(10.0, check=non_negative, doc="0 disables clipping")
     ema: EmaConfig = field(default_factory=EmaConfig)
-    seed: int = checked(1000, check=_non_negative_int)
+    seed: int = checked(1000, check=non_negative_int)
     device: str = checked("auto", check=one_of("auto", "cpu", "cuda"))
     amp: bool = False
-    log_every: int = checked(100, check=_positive_int)
-    save_every: int = checked(10_000, check=_positive_int)
+    log_every: int = checked(100, check=positive_int)
+    save_every: int = checked(10_000, check=positive_int)
     output_dir: str = checked("outputs/train", check=nonempty)
     init_from: str = ""
     resume: bool = False
@@ -241,24 +249,31 @@ def apply_overrides(data: Mapping[str, Any], overrides: Mapping[str, Any],
     return out
 
 
-def load_train_config(path: Union[str, os.PathLike],
-                      overrides: Optional[Mapping[str, Any]] = None,
-                      override_source: str = "--set") -> TrainConfig:
-    """Read a training YAML and apply overrides; every problem raises :class:`ConfigError`.
+def load_yaml_config(path: Union[str, os.PathLike], build: Callable[[Dict[str, Any], str], T],
+                     overrides: Optional[Mapping[str, Any]] = None, override_source: str = "--set") -> T:
+    """Read a YAML mapping, apply dotted-key overrides and ``build(data, source)`` the config.
 
-    An error names the file, or ``override_source`` when the offending key was overridden.
+    Every problem raises :class:`ConfigError` naming the file, or ``override_source`` when the
+    offending key was overridden. Shared by the training, fine-tuning and alignment configs.
     """
     source = os.fspath(path)
     data = read_yaml(source)
     if not isinstance(data, dict):
         raise ConfigError(source, "", "expected a mapping at the top level")
     if not overrides:
-        return train_config_from_dict(data, source)
+        return build(data, source)
     merged = apply_overrides(data, overrides, override_source)
     try:
-        return train_config_from_dict(merged, source)
+        return build(merged, source)
     except ConfigError as e:
         if e.key and any(e.key == k or e.key.startswith(k + ".") or e.key.startswith(k + "[")
                          for k in overrides):
             raise ConfigError(override_source, e.key, e.message) from None
         raise
+
+
+def load_train_config(path: Union[str, os.PathLike],
+                      overrides: Optional[Mapping[str, Any]] = None,
+                      override_source: str = "--set") -> TrainConfig:
+    """Read a training YAML and apply overrides (see :func:`load_yaml_config`)."""
+    return load_yaml_config(path, train_config_from_dict, overrides, override_source)

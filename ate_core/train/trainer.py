@@ -303,21 +303,38 @@ def _plot(output_dir: Path) -> None:
 
 
 def train(cfg: TrainConfig, *, progress: bool = True, loss_fn: Optional[LossFn] = None,
-          source: str = "train config") -> TrainResult:
+          source: str = "train config", meta_extra: Optional[Mapping[str, Any]] = None) -> TrainResult:
     """Run one training job to ``cfg.steps`` and return where its last checkpoint went.
 
     ``loss_fn(policy, batch)`` replaces ``policy.compute_loss(batch)`` (e.g. a guided fine-tuning
-    loss); it runs inside the data-parallel wrapper, so its gradients are all-reduced too.
+    loss); it runs inside the data-parallel wrapper, so its gradients are all-reduced too. If it
+    (or, for a bound method, its owner) has ``.to(device)``, that is called first: a loss that
+    holds a model of its own (the guidance's VAE) must live where the policy does.
+    ``meta_extra``: more keys for every checkpoint's ``config.json`` and for
+    ``train_summary.json`` (how the run was fine-tuned, for the record).
     ``source`` names the config in errors (the YAML path, from the CLI).
     """
     info = dist_info()
     device = resolve_device(cfg.device, info)
+    extra = dict(meta_extra or {})
+    reserved = sorted(set(extra) & _RESERVED_META)
+    if reserved:
+        raise ValueError(f"meta_extra may not set {reserved}: the trainer writes them")
+    holder = loss_fn if hasattr(loss_fn, "to") else getattr(loss_fn, "__self__", None)
+    if holder is not None and callable(getattr(holder, "to", None)):
+        holder.to(device)
     with distributed(device, info):
-        return _train(cfg, info, device, progress=progress, loss_fn=loss_fn, source=source)
+        return _train(cfg, info, device, progress=progress, loss_fn=loss_fn, source=source, meta_extra=extra)
+
+
+#: config.json / train_summary.json keys the trainer owns (see ate_core.policy.pretrained).
+_RESERVED_META = frozenset({"format", "version", "policy_type", "policy", "embodiment", "embodiments", "norm_mode",
+                            "action_space", "train", "files", "steps", "start_step", "last_checkpoint",
+                            "final_loss", "world_size", "weights_sha256_by_rank", "ranks_in_sync", "loss_png"})
 
 
 def _train(cfg: TrainConfig, info: DistInfo, device: torch.device, *, progress: bool,
-           loss_fn: Optional[LossFn], source: str) -> TrainResult:
+           loss_fn: Optional[LossFn], source: str, meta_extra: Mapping[str, Any]) -> TrainResult:
     output_dir = Path(cfg.output_dir)
     if cfg.batch_size % info.world_size:
         raise ConfigError(source, "batch_size", f"{cfg.batch_size} does not split evenly over "
@@ -422,7 +439,7 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device, *, progress: 
     model = wrap_model(_LossModule(policy, loss_fn), info, device)
     use_amp = bool(cfg.amp and device.type == "cuda")
     meta = {"embodiment": target_embodiment, "norm_mode": cfg.norm_mode, "action_space": space,
-            "train": train_config_to_dict(cfg)}
+            "train": train_config_to_dict(cfg), **meta_extra}
     if info.is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
         metrics_rows = _read_metrics(output_dir / METRICS_FILE, upto_step=start_step) if kind == "resume" else []
@@ -518,7 +535,7 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device, *, progress: 
         summary = {"steps": cfg.steps, "start_step": start_step, "last_checkpoint": str(last_path),
                    "final_loss": losses[-1] if losses else None, "world_size": info.world_size,
                    "weights_sha256_by_rank": list(digests), "ranks_in_sync": len(set(digests)) == 1,
-                   "loss_png": str(output_dir / LOSS_PLOT_FILE), "policy_type": policy_type}
+                   "loss_png": str(output_dir / LOSS_PLOT_FILE), "policy_type": policy_type, **meta_extra}
         with open(output_dir / SUMMARY_FILE, "w", encoding="utf-8") as f:
             json.dump(summary, f, indent=2)
     if len(set(digests)) != 1:

@@ -1,0 +1,239 @@
+r"""ATE stage 2, *steer*: latent classifier guidance that attaches to any policy from outside.
+
+The guidance needs nothing from a policy but :meth:`~ate_core.policy.base.Policy.training_terms`
+(fine-tuning) and the ``step_hook`` of :meth:`~ate_core.policy.base.Policy.sample` (inference),
+so the architecture is untouched ("plug and play").
+
+Fine-tuning loss, for a demonstrated chunk ``a0`` noised to ``x_t``::
+
+    z_x = mu(x_t) + sigma(x_t) * e,   z_0 = mu(a0) + sigma(a0) * e     (adaptation encoder, same e)
+    y   = -mean_k (z_x - z_0)_k^2                                     (a log-likelihood, per sample)
+    g   = clamp(coef(t) * dy/dx_t, -c, c)                              (zero in padded slots)
+    L   = || prediction + lambda * g - target ||^2                     (the policy's own regression)
+
+``coef`` turns a score (gradient of a log-density w.r.t. ``x_t``) into the policy's output kind,
+as classifier guidance does (Dhariwal & Nichol 2021):
+
+* epsilon prediction: ``eps~ = eps - sqrt(1 - abar) * score``, so ``coef = -sqrt(1 - abar)``;
+* sample prediction: ``x0~ = (x_t - sqrt(1 - abar) eps~) / sqrt(abar)``, so
+  ``coef = (1 - abar) / sqrt(abar)``;
+* flow velocity, with the path of :mod:`ate_core.policy.flow.modeling_flow`
+  (``x_tau = tau eps + (1 - tau) a``, ``u = eps - a``). Given ``x_tau``,
+  ``E[a] = (x_tau - tau E[eps]) / (1 - tau)``, so the predicted velocity is
+  ``v = E[eps] - E[a] = (E[eps] - x_tau) / (1 - tau)``. The marginal score is
+  ``s = -E[eps] / tau`` (Tweedie, noise std tau), hence ``v = -(x_tau + tau s) / (1 - tau)``
+  and a guided score ``s + grad`` gives ``v~ = v - tau / (1 - tau) * grad``:
+  ``coef = -tau / (1 - tau)`` (the denominator is floored at 1e-3; the clamp bounds the rest).
+  Sampling integrates tau from 1 to 0 (``x += dt v``, ``dt < 0``), so ``-coef * grad`` moves the
+  sample along ``+grad``, toward the target latent.
+
+These signs and scales are those of the official code (Diffusion Policy: epsilon; RDT:
+sample). One deliberate difference: ``y`` is a per-sample mean (the official code takes the mean
+over the whole batch, which divides every sample's gradient by the batch size and so makes the
+guidance depend on it).
+
+Because ``g`` does not depend on the policy's parameters, the loss trains the network's output
+toward ``target - lambda g``: the *guided* output matches the data. Inference-time guidance
+(:meth:`LatentGuidance.step_hook`, an extension, off by default) adds ``lambda g`` back while
+sampling, toward the adaptation latent modes since no demonstration exists at run time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Dict, Mapping, Optional
+
+import numpy as np
+import torch
+
+from ate_core.align.modeling_vae import ActionChunkVAE
+from ate_core.config import ConfigError
+from ate_core.policy.base import Batch, DenoiseStep, Policy, StepHook, TrainingTerms, denoising_loss
+from ate_core.steer.config import GuidanceConfig
+
+__all__ = ["LatentGuidance", "guidance_coefficient", "latent_log_likelihood", "latent_gradient",
+           "VELOCITY_DENOMINATOR_FLOOR"]
+
+#: Floor of ``1 - tau`` in the velocity coefficient (tau reaches 1 at the pure-noise end).
+VELOCITY_DENOMINATOR_FLOOR = 1e-3
+
+
+def guidance_coefficient(kind: str, t: torch.Tensor, alpha_bar: Optional[torch.Tensor]) -> torch.Tensor:
+    """Per-sample ``[B]`` factor that maps a score to an output of ``kind`` (module docstring)."""
+    if kind == "epsilon":
+        if alpha_bar is None:
+            raise ValueError("epsilon guidance needs alpha_bar")
+        return -torch.sqrt(1.0 - alpha_bar)
+    if kind == "sample":
+        if alpha_bar is None:
+            raise ValueError("sample guidance needs alpha_bar")
+        return (1.0 - alpha_bar) / torch.sqrt(alpha_bar)
+    if kind == "velocity":
+        tau = t.to(torch.float64 if t.dtype == torch.float64 else torch.float32)
+        return -tau / (1.0 - tau).clamp_min(VELOCITY_DENOMINATOR_FLOOR)
+    raise ValueError(f"no guidance coefficient for prediction kind {kind!r} "
+                     "(expected epsilon, sample or velocity)")
+
+
+def latent_log_likelihood(vae: ActionChunkVAE, x: torch.Tensor, target_latent: torch.Tensor,
+                          action_mask: torch.Tensor, noise: Optional[torch.Tensor]) -> torch.Tensor:
+    """``y = -mean_k (z(x) - z*)_k^2`` per sample ``[B]``; ``z(x) = mu + sigma * noise``
+    (the posterior mean when ``noise`` is None)."""
+    posterior = vae.encode(x, action_mask)
+    z = posterior.mean if noise is None else posterior.sample(noise)
+    return -(z - target_latent).pow(2).flatten(1).mean(dim=1)
+
+
+def latent_gradient(vae: ActionChunkVAE, x: torch.Tensor, target_latent: torch.Tensor,
+                    action_mask: torch.Tensor, noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``dy/dx`` ``[B, H, W]`` through the (frozen) encoder only; exactly zero in padded slots."""
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        y = latent_log_likelihood(vae, x, target_latent.detach(), action_mask, noise)
+        (grad,) = torch.autograd.grad(y.sum(), x)
+    return grad * action_mask.to(grad.dtype)[:, None, :]
+
+
+class LatentGuidance:
+    """The adaptation VAE plus the guidance settings; attaches to a policy from outside.
+
+    ``loss(policy, batch)`` is the guided fine-tuning loss (a ``loss_fn`` for
+    :func:`ate_core.train.trainer.train`); ``step_hook()`` the optional inference-time guidance.
+    """
+
+    def __init__(self, vae: ActionChunkVAE, config: GuidanceConfig, *,
+                 latent_stats: Any = None, source: Mapping[str, Any] | None = None) -> None:
+        self.vae = vae.eval()
+        for p in self.vae.parameters():
+            p.requires_grad_(False)
+        self.config = config
+        self.latent_stats = latent_stats
+        self._source: Dict[str, Any] = dict(source or {})
+
+    @classmethod
+    def from_checkpoint(cls, loaded: Any, config: GuidanceConfig) -> "LatentGuidance":
+        """From :func:`ate_core.align.checkpoint.load_vae`'s result (an adaptation VAE)."""
+        if getattr(loaded, "stage", None) != "ada":
+            raise ConfigError(str(getattr(loaded, "path", "vae")), "stage",
+                              f"guidance needs the adaptation VAE (stage 'ada'), this one is stage "
+                              f"{getattr(loaded, 'stage', None)!r}")
+        source = {"path": str(loaded.path), "sha256": loaded.sha256, "stage": loaded.stage,
+                  "vae_config": dataclasses.asdict(loaded.config)}
+        guidance = cls(loaded.vae, config, latent_stats=loaded.latent_stats, source=source)
+        guidance.norm_stats = loaded.norm_stats
+        guidance.norm_mode = loaded.norm_mode
+        guidance.action_space = loaded.action_space
+        return guidance
+
+    def to(self, device: torch.device | str) -> "LatentGuidance":
+        self.vae.to(device)
+        return self
+
+    # ------------------------------------------------------------------------ compatibility
+
+    def check_compatible(self, policy_config: Any, action_space: Any, stats_by_embodiment: Mapping[str, Any],
+                         norm_mode: str, source: str = "ate.vae") -> None:
+        """The VAE must see exactly the policy's model space: chunk shape, slot layout and the
+        normalisation of every embodiment both know. Raises :class:`ConfigError` naming the part."""
+        vcfg = self.vae.config
+        where = self._source.get("path", source)
+        if (vcfg.horizon, vcfg.action_width) != (policy_config.horizon, policy_config.action_width):
+            raise ConfigError(where, "horizon", f"the VAE encodes chunks of {vcfg.horizon} x {vcfg.action_width}; "
+                                                f"the policy's are {policy_config.horizon} x "
+                                                f"{policy_config.action_width}")
+        mine = getattr(self, "action_space", None)
+        if mine is not None and action_space is not None:
+            for emb in set(mine.embodiments) & set(action_space.embodiments):
+                if tuple(mine.slots(emb)) != tuple(action_space.slots(emb)):
+                    raise ConfigError(where, "action_space", f"embodiment {emb!r} uses other unified slots "
+                                                             "in the VAE than in the policy")
+        vae_mode = getattr(self, "norm_mode", None)
+        if vae_mode is not None and vae_mode != norm_mode:
+            raise ConfigError(where, "norm_mode", f"the VAE was trained on {vae_mode!r} normalised chunks, "
+                                                  f"the policy uses {norm_mode!r}")
+        for emb, stats in (getattr(self, "norm_stats", None) or {}).items():
+            if emb not in stats_by_embodiment:
+                continue
+            ours, theirs = stats["action"], stats_by_embodiment[emb]["action"]
+            for name in ("mean", "std", "min", "max"):
+                a, b = getattr(ours, name), getattr(theirs, name)
+                if a is None or b is None:
+                    continue
+                a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+                if a.shape != b.shape or not np.allclose(a, b, rtol=1e-5, atol=1e-6):
+                    raise ConfigError(where, "norm_stats", f"action {name} of {emb!r} differs from the "
+                                                           "fine-tuning data's: train the VAE on the same data")
+
+    def record(self) -> Dict[str, Any]:
+        """What a fine-tuned checkpoint stores about the guidance that shaped it."""
+        return {**self._source, **dataclasses.asdict(self.config)}
+
+    # ------------------------------------------------------------------------ fine-tuning
+
+    def guidance_term(self, terms: TrainingTerms, action_mask: torch.Tensor,
+                      noise: Optional[torch.Tensor] = None,
+                      generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """``clamp(coef * dy/dx_t, -c, c)`` ``[B, H, W]``, zero in padded slots."""
+        cfg = self.config
+        chunk = terms.clean if cfg.latent_target == "clean" else terms.target
+        x_t = terms.x_t.detach()
+        dtype = next(self.vae.parameters()).dtype
+        x_t, chunk = x_t.to(dtype), chunk.detach().to(dtype)
+        with torch.no_grad():
+            target_posterior = self.vae.encode(chunk, action_mask)
+        if noise is None:
+            noise = torch.randn(target_posterior.mean.shape, generator=generator,
+                                device=target_posterior.mean.device, dtype=dtype)
+        target_latent = target_posterior.sample(noise)
+        grad = latent_gradient(self.vae, x_t, target_latent, action_mask, noise)
+        coef = guidance_coefficient(terms.kind, terms.t, terms.alpha_bar).to(grad.dtype)
+        g = (coef[:, None, None] * grad).clamp(-cfg.clamp, cfg.clamp)
+        return g.to(terms.prediction.dtype)
+
+    def loss(self, policy: Policy, batch: Batch) -> torch.Tensor:
+        """The guided denoising loss: the policy's own regression of ``prediction + lambda g``."""
+        terms = policy.training_terms(batch)
+        g = self.guidance_term(terms, batch.action_mask)
+        return denoising_loss(terms.prediction + self.config.scale * g, terms.target, terms.weight)
+
+    __call__ = loss
+
+    # ------------------------------------------------------------------------ inference
+
+    def step_hook(self) -> Optional[StepHook]:
+        """The inference-time guidance hook, or None when ``inference.enabled`` is off."""
+        icfg = self.config.inference
+        if not icfg.enabled:
+            return None
+        stats = self.latent_stats
+        if stats is None:
+            raise ConfigError(self._source.get("path", "ate.vae"), "latent_stats",
+                              "inference guidance needs the adaptation latent statistics in the VAE checkpoint")
+        clamp = self.config.clamp
+
+        def hook(step: DenoiseStep) -> Optional[torch.Tensor]:
+            if step.index < math.floor(step.num_steps * (1.0 - icfg.last_fraction)):
+                return None
+            dtype = next(self.vae.parameters()).dtype
+            x = step.x_t.to(dtype)
+            mask = step.action_mask.to(x.device)
+            target = self._inference_target(x, mask, stats, icfg.target)
+            grad = latent_gradient(self.vae, x, target, mask)
+            coef = guidance_coefficient(step.kind, step.t.to(x.device).expand(x.shape[0]),
+                                        None if step.alpha_bar is None else
+                                        step.alpha_bar.to(x.device).expand(x.shape[0])).to(dtype)
+            g = (coef[:, None, None] * grad).clamp(-clamp, clamp)
+            return step.model_output + (icfg.scale * g).to(step.model_output.dtype)
+
+        return hook
+
+    def _inference_target(self, x: torch.Tensor, mask: torch.Tensor, stats: Any, kind: str) -> torch.Tensor:
+        mean = stats.mean.to(x.device, x.dtype)
+        if kind == "mean" or getattr(stats, "bank_mean", None) is None:
+            return mean.expand(x.shape[0], *mean.shape)
+        bank = stats.bank_mean.to(x.device, x.dtype)  # [N, L, d]
+        with torch.no_grad():
+            z = self.vae.encode(x, mask).mean
+        nearest = torch.cdist(z.flatten(1), bank.flatten(1)).argmin(dim=1)
+        return bank[nearest]

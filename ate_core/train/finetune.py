@@ -1,0 +1,172 @@
+"""Fine-tuning a pre-trained policy on a new robot's demonstrations: plainly, or steered by ATE.
+
+A fine-tuning run is a training run (:mod:`ate_core.train.trainer`, same loop, checkpoints,
+resume and torchrun) with two more keys:
+
+* ``method: plain`` regresses the policy's own denoising target, as ``ate_train --init-from``;
+* ``method: ate`` (the default) adds ATE's latent guidance (stage 2, *steer*) to that loss:
+  the adaptation VAE of stage 1 (``ate.vae``, written by ``ate_align``) scores each noisy
+  chunk by how close its latent lies to the demonstration's, and the gradient of that score
+  shifts the prediction before the regression (:mod:`ate_core.steer.guidance`).
+
+The VAE has to see the policy's model space exactly (chunk length, unified slots, the
+normalisation statistics of the fine-tuning data), so the run refuses to start when it does not.
+Every checkpoint's ``config.json`` and ``train_summary.json`` record the method and, for ATE,
+which VAE (path, SHA-256) and which ``scale``/``clamp`` shaped the weights; resuming with another
+method or another VAE is refused for the same reason.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterator, Mapping, Optional, Union
+
+from ate_core.config import ConfigError, Problem, checked, from_dict, one_of
+from ate_core.policy.pretrained import latest_checkpoint, load_pretrained, read_pretrained_config
+from ate_core.steer.config import GuidanceConfig
+from ate_core.train.config import TrainConfig, _policy_section, load_yaml_config, train_config_to_dict
+
+__all__ = ["METHODS", "FinetuneConfig", "finetune_config_from_dict", "finetune_config_to_dict",
+           "load_finetune_config", "finetune", "build_guidance", "finetune_record"]
+
+#: plain: the policy's own loss; ate: the loss steered by the adaptation VAE's latent space.
+METHODS = ("plain", "ate")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig(TrainConfig):
+    """A training config that starts from ``init_from`` (required) and says how to fine-tune.
+
+    ``policy`` is normally left out: the model comes from the checkpoint (a section that
+    disagrees with it is an error). ``ate`` is read only with ``method: ate``.
+    """
+
+    method: str = checked("ate", check=one_of(*METHODS), doc="plain | ate (latent-guided loss)")
+    ate: GuidanceConfig = field(default_factory=GuidanceConfig)
+
+    def problems(self) -> Iterator[Problem]:
+        if not self.init_from:
+            yield "init_from", "required key is missing: the pre-trained checkpoint to fine-tune (--init-from CKPT)"
+        if self.method == "ate" and not self.ate.vae:
+            yield "ate.vae", "required for method 'ate': the adaptation VAE checkpoint written by ate_align (--vae)"
+        yield from super().problems()
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def finetune_config_from_dict(data: Any, source: str = "<dict>") -> FinetuneConfig:
+    """Build and validate a :class:`FinetuneConfig` from plain data (as YAML gives it)."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(source, "", "expected a mapping at the top level")
+    data = dict(data)
+    if data.get("policy") is not None:
+        data["policy"] = _policy_section(data["policy"], source)
+    return from_dict(FinetuneConfig, data, source)
+
+
+def finetune_config_to_dict(cfg: FinetuneConfig) -> Dict[str, Any]:
+    """The plain-data form; :func:`finetune_config_from_dict` inverts it."""
+    return train_config_to_dict(cfg)
+
+
+def load_finetune_config(path: Union[str, os.PathLike], overrides: Optional[Mapping[str, Any]] = None,
+                         override_source: str = "--set") -> FinetuneConfig:
+    """Read a fine-tuning YAML and apply overrides (see :func:`~ate_core.train.config.load_yaml_config`)."""
+    return load_yaml_config(path, finetune_config_from_dict, overrides, override_source)
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+
+
+def _validate(cfg: FinetuneConfig, source: str) -> None:
+    """The config's own checks again: a FinetuneConfig built in code skips :func:`from_dict`."""
+    if not isinstance(cfg, FinetuneConfig):
+        raise TypeError(f"finetune() takes a FinetuneConfig, got {type(cfg).__name__}")
+    for key, message in cfg.problems():
+        raise ConfigError(source, key, message)
+
+
+def _stats_for_run(cfg: FinetuneConfig, source: str) -> Any:
+    """(policy config, action space, stats by embodiment) as the trainer will use them: the
+    checkpoint's, plus (unless resuming, where the checkpoint already has them) the stats of the
+    fine-tuning data, which the VAE must have been trained with."""
+    from ate_core.train.trainer import _compute_stats, _dataset_embodiment, _open_datasets, resolve_policy_source
+
+    kind, path = resolve_policy_source(cfg)
+    loaded = load_pretrained(path)
+    stats = {emb: dict(s) for emb, s in loaded.stats.items()}
+    if kind != "resume":
+        datasets = _open_datasets(cfg, loaded.config, source)
+        stats.update(_compute_stats(datasets, [_dataset_embodiment(ds) for ds in datasets]))
+    return loaded.config, loaded.action_space, stats
+
+
+def build_guidance(cfg: FinetuneConfig, source: str = "finetune config") -> Any:
+    """The :class:`~ate_core.steer.guidance.LatentGuidance` of ``cfg.ate``, checked against the
+    policy and data it will steer (a mismatch is a :class:`ConfigError`, before any training)."""
+    from ate_core.align.checkpoint import load_vae
+    from ate_core.steer.guidance import LatentGuidance
+
+    if not cfg.ate.vae:
+        raise ConfigError(source, "ate.vae", "required for method 'ate': the adaptation VAE checkpoint (--vae)")
+    if not Path(cfg.ate.vae).exists():
+        raise ConfigError(source, "ate.vae", f"{cfg.ate.vae}: no such VAE checkpoint")
+    guidance = LatentGuidance.from_checkpoint(load_vae(cfg.ate.vae), cfg.ate)
+    policy_config, action_space, stats = _stats_for_run(cfg, source)
+    guidance.check_compatible(policy_config, action_space, stats, cfg.norm_mode, source)
+    return guidance
+
+
+def finetune_record(cfg: FinetuneConfig, guidance: Any = None) -> Dict[str, Any]:
+    """What a fine-tuned checkpoint says about how it was fine-tuned (``config.json: finetune``)."""
+    record: Dict[str, Any] = {"method": cfg.method}
+    if guidance is not None:
+        record["ate"] = guidance.record()
+    return record
+
+
+def _check_resume(cfg: FinetuneConfig, record: Mapping[str, Any], source: str) -> None:
+    """A resumed run continues the same fine-tuning: same method, same VAE (by content)."""
+    if not cfg.resume:
+        return
+    last = latest_checkpoint(Path(cfg.output_dir) / "checkpoints")
+    if last is None:
+        return  # the trainer says there is nothing to resume
+    _, raw, _, _ = read_pretrained_config(last)
+    before = raw.get("finetune")
+    if not isinstance(before, dict):
+        raise ConfigError(source, "resume", f"{last}: not a fine-tuning run (no 'finetune' record); "
+                                            "resume it with ate_train")
+    if before.get("method") != record["method"]:
+        raise ConfigError(source, "method", f"{record['method']!r} here, but the run being resumed ({last}) "
+                                            f"used {before.get('method')!r}")
+    if record["method"] == "ate":
+        had = (before.get("ate") or {}).get("sha256")
+        now = record["ate"].get("sha256")
+        if had != now:
+            raise ConfigError(source, "ate.vae", f"{cfg.ate.vae} (sha256 {str(now)[:12]}) is not the VAE the run "
+                                                 f"being resumed was guided by (sha256 {str(had)[:12]}, "
+                                                 f"{(before.get('ate') or {}).get('path')})")
+
+
+def finetune(cfg: FinetuneConfig, *, progress: bool = True, source: str = "finetune config") -> Any:
+    """Fine-tune ``cfg.init_from`` on ``cfg.dataset`` by ``cfg.method``; returns the
+    :class:`~ate_core.train.trainer.TrainResult`. Config, checkpoint and VAE problems raise
+    :class:`ConfigError` / :class:`CheckpointError` before the first step."""
+    from ate_core.train.trainer import check_policy_section, train
+
+    _validate(cfg, source)
+    check_policy_section(cfg, source)
+    guidance = build_guidance(cfg, source) if cfg.method == "ate" else None
+    record = finetune_record(cfg, guidance)
+    _check_resume(cfg, record, source)
+    return train(cfg, progress=progress, source=source, meta_extra={"finetune": record},
+                 loss_fn=None if guidance is None else guidance.loss)
+
