@@ -15,7 +15,7 @@ import dataclasses
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Sequence, Tuple, TypeVar, Union
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Sequence, Tuple, Type, TypeVar, Union
 
 import yaml
 
@@ -41,6 +41,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+TC = TypeVar("TC", bound="TrainConfig")
 
 
 def positive_int(value: int) -> Optional[str]:
@@ -186,8 +187,9 @@ def _policy_section(data: Any, source: str) -> PolicySection:
     return PolicySection(policy_type, config)
 
 
-def train_config_from_dict(data: Any, source: str = "<dict>") -> TrainConfig:
-    """Build and validate a :class:`TrainConfig` from plain data (as YAML gives it)."""
+def train_config_from_dict(data: Any, source: str = "<dict>", cls: Type[TC] = TrainConfig) -> TC:
+    """Build and validate a :class:`TrainConfig` (or a subclass ``cls``, e.g. the fine-tuning
+    config) from plain data (as YAML gives it)."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -195,7 +197,7 @@ def train_config_from_dict(data: Any, source: str = "<dict>") -> TrainConfig:
     data = dict(data)
     if data.get("policy") is not None:
         data["policy"] = _policy_section(data["policy"], source)
-    return from_dict(TrainConfig, data, source)
+    return from_dict(cls, data, source)
 
 
 def train_config_to_dict(cfg: TrainConfig) -> Dict[str, Any]:

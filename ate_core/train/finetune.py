@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, Mapping, Optional, Union
 
-from ate_core.config import ConfigError, Problem, checked, from_dict, one_of
+from ate_core.config import ConfigError, Problem, checked, one_of
 from ate_core.policy.pretrained import latest_checkpoint, load_pretrained, read_pretrained_config
 from ate_core.steer.config import GuidanceConfig
-from ate_core.train.config import TrainConfig, _policy_section, load_yaml_config, train_config_to_dict
+from ate_core.train.config import TrainConfig, load_yaml_config, train_config_from_dict, train_config_to_dict
 
 __all__ = ["METHODS", "FinetuneConfig", "finetune_config_from_dict", "finetune_config_to_dict",
            "load_finetune_config", "finetune", "build_guidance", "finetune_record"]
@@ -60,14 +60,7 @@ class FinetuneConfig(TrainConfig):
 
 def finetune_config_from_dict(data: Any, source: str = "<dict>") -> FinetuneConfig:
     """Build and validate a :class:`FinetuneConfig` from plain data (as YAML gives it)."""
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(source, "", "expected a mapping at the top level")
-    data = dict(data)
-    if data.get("policy") is not None:
-        data["policy"] = _policy_section(data["policy"], source)
-    return from_dict(FinetuneConfig, data, source)
+    return train_config_from_dict(data, source, FinetuneConfig)
 
 
 def finetune_config_to_dict(cfg: FinetuneConfig) -> Dict[str, Any]:
