@@ -16,6 +16,8 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
+from ate_core.train.cli import first_line, print_error
+
 __all__ = ["main", "build_parser"]
 
 
@@ -36,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _error(message: str) -> None:
-    print(f"ate_align: error: {message}", file=sys.stderr, flush=True)
+    print_error("ate_align", message)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -65,13 +67,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ConfigError as e:
         if e.source == args.config and e.key and any(e.key == k or e.key.startswith(k + ".") for k in overrides):
             e = ConfigError("command line", e.key, e.message)  # the value came from an option, not the file
-        _error(str(e).splitlines()[0])
+        _error(first_line(e))
         return 2
     except bad_input as e:
-        _error(str(e).splitlines()[0] if str(e) else type(e).__name__)
+        _error(first_line(e))
         return 2
     except TrainingError as e:
-        _error(str(e).splitlines()[0])
+        _error(first_line(e))
         return 1
     except KeyboardInterrupt:
         _error("interrupted")

@@ -18,7 +18,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "is_main_process", "first_line", "print_error"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,13 +36,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _is_main_process() -> bool:
+def is_main_process() -> bool:
+    """Rank 0 under torchrun (or no torchrun): the one process that prints."""
     return os.environ.get("RANK", "0") in ("", "0")
 
 
+def first_line(e: BaseException) -> str:
+    """An exception as the one line a command-line error shows."""
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
+def print_error(prog: str, message: str) -> None:
+    """``<prog>: error: <message>`` on stderr, from the main process only."""
+    if is_main_process():
+        print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
+
+
 def _error(message: str) -> None:
-    if _is_main_process():
-        print(f"ate_train: error: {message}", file=sys.stderr, flush=True)
+    print_error("ate_train", message)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -65,7 +76,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         cfg = load_train_config(args.config, overrides, override_source="command line")
         check_policy_section(cfg, source=args.config)
     except (ConfigError, CheckpointError, TrainingError) as e:
-        _error(str(e).splitlines()[0] if str(e) else type(e).__name__)
+        _error(first_line(e))
         return 2
     from ate_core.data.episode import EpisodeFormatError
     from ate_core.policy.transforms import NormStatsError
@@ -73,15 +84,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         result = train(cfg, progress=not args.no_progress, source=args.config)
     except (ConfigError, CheckpointError, ActionSpaceError, EpisodeFormatError, NormStatsError) as e:
-        _error(str(e).splitlines()[0])
+        _error(first_line(e))
         return 2
     except TrainingError as e:
-        _error(str(e).splitlines()[0])
+        _error(first_line(e))
         return 1
     except KeyboardInterrupt:
         _error("interrupted; resume with --resume from the last checkpoint")
         return 130
-    if _is_main_process():
+    if is_main_process():
         from ate_core.train.trainer import LOSS_PLOT_FILE
 
         print(f"checkpoint: {result.last_checkpoint}")

@@ -15,9 +15,10 @@ status 2; a run that fails while training exits 1 (as ``ate_train``).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Optional, Sequence
+
+from ate_core.train.cli import first_line, is_main_process, print_error
 
 __all__ = ["main", "build_parser"]
 
@@ -43,17 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _is_main_process() -> bool:
-    return os.environ.get("RANK", "0") in ("", "0")
-
-
 def _error(message: str) -> None:
-    if _is_main_process():
-        print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
-
-
-def _first_line(e: BaseException) -> str:
-    return str(e).splitlines()[0] if str(e) else type(e).__name__
+    print_error(PROG, message)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -77,22 +69,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         cfg = load_finetune_config(args.config, overrides, override_source="command line")
         check_policy_section(cfg, source=args.config)
     except (ConfigError, CheckpointError, TrainingError) as e:
-        _error(_first_line(e))
+        _error(first_line(e))
         return 2
     from ate_core.data.episode import EpisodeFormatError
 
     try:
         result = finetune(cfg, progress=not args.no_progress, source=args.config)
     except (ConfigError, CheckpointError, ActionSpaceError, EpisodeFormatError, NormStatsError) as e:
-        _error(_first_line(e))
+        _error(first_line(e))
         return 2
     except TrainingError as e:
-        _error(_first_line(e))
+        _error(first_line(e))
         return 1
     except KeyboardInterrupt:
         _error("interrupted; resume with --resume from the last checkpoint")
         return 130
-    if _is_main_process():
+    if is_main_process():
         from ate_core.train.trainer import LOSS_PLOT_FILE
 
         print(f"method: {cfg.method}")
