@@ -13,6 +13,7 @@ import dataclasses
 import ipaddress
 import math
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple, Type, TypeVar, Union
@@ -23,6 +24,7 @@ from ate_core.robot.models import ARM_MODELS, GRIPPER_MAX_OPENING_M, arm_model
 
 T = TypeVar("T")
 Problem = Tuple[str, str]  # (key path relative to the object, message)
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
 
 class ConfigError(ValueError):
@@ -178,6 +180,13 @@ class TopicsConfig:
                                     doc="per-arm topic, relative to the arm namespace")
     arm_command: str = checked("command", check=_nonempty)
     diagnostics: str = checked("/diagnostics", check=_nonempty)
+    cameras: str = checked("/cameras", check=_nonempty,
+                           doc="camera namespace: {cameras}/{name}/image_raw")
+    action_chunk: str = checked("/ate/action_chunk", check=_nonempty)
+    markers: str = checked("/ate/markers", check=_nonempty)
+    estop: str = checked("/ate/estop", check=_nonempty)
+    rearm: str = checked("/ate/rearm", check=_nonempty)
+    engage: str = checked("/ate/engage", check=_nonempty)
 
 
 @dataclass(frozen=True)
@@ -202,6 +211,136 @@ class SimConfig:
     arms: SimArmsConfig = SimArmsConfig()
 
 
+# ---------------------------------------------------------------------------------------------
+# Cameras, inference and the supervisor (the control path)
+
+
+@dataclass(frozen=True)
+class CameraConfig:
+    """One camera: where frames come from and how they are published.
+
+    ``source``: ``v4l2`` (a device through OpenCV), ``video`` (a file, looped) or ``sim`` (the
+    simulated scene). Frames are published at ``width`` x ``height``; ``horizontal_fov_deg``
+    gives the pinhole intrinsics of ``camera_info`` until a calibration is loaded.
+    """
+
+    source: str = checked("sim", check=_one_of("v4l2", "video", "sim"))
+    device: str = checked("/dev/video0", check=_nonempty, doc="v4l2: device path or index")
+    video_file: str = ""  # video: the file, played in a loop
+    width: int = checked(640, check=_in_range(16, 8192))
+    height: int = checked(480, check=_in_range(16, 8192))
+    fps: float = checked(30.0, check=_in_range(0.5, 240.0))
+    pixel_format: str = checked("MJPG", check=_one_of("MJPG", "YUYV"))
+    jpeg_quality: int = checked(90, check=_in_range(1, 100))
+    horizontal_fov_deg: float = checked(70.0, check=_in_range(1.0, 179.0))
+    max_age_s: float = checked(0.1, check=_in_range(0.001, 10.0),
+                               doc="an older newest frame blocks inference")
+    reopen_s: float = checked(1.0, check=_in_range(0.01, 60.0),
+                              doc="wait before reopening a device that failed")
+
+    def problems(self) -> Iterator[Problem]:
+        if self.source == "video" and not self.video_file:
+            yield ("video_file", "source video needs a video_file")
+
+
+def _default_cameras() -> Dict[str, CameraConfig]:
+    return {name: CameraConfig() for name in ("head", "left_wrist", "right_wrist")}
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """The inference node: which checkpoint, where it runs, how often, on what instruction."""
+
+    checkpoint: str = ""  # policy checkpoint directory ("": no inference node is started)
+    device: str = checked("auto", check=_one_of("auto", "cpu", "cuda"))
+    dtype: str = checked("float32", check=_one_of("float32", "float16", "bfloat16"),
+                         doc="autocast dtype on CUDA (CPU always runs float32)")
+    task: str = ""  # the instruction given to the policy
+    num_steps: int = checked(0, check=_in_range(0, 1000), doc="denoising steps (0: the policy's)")
+    period_s: float = checked(0.0, check=_in_range(0.0, 10.0),
+                              doc="least time between inferences (0: back to back)")
+    action_period_s: float = checked(0.0, check=_in_range(0.0, 1.0),
+                                     doc="time between chunk points (0: the checkpoint's fps)")
+    torch_threads: int = checked(2, check=_in_range(1, 256))
+    warmup_runs: int = checked(2, check=_in_range(0, 100))
+    joint_state_max_age_s: float = checked(0.05, check=_in_range(0.001, 10.0))
+    guidance: bool = False
+    guidance_vae: str = ""  # ATE VAE for inference guidance ("": the one the checkpoint records)
+    guidance_scale: float = checked(1.0, check=_in_range(0.0, 100.0))
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    """How the supervisor turns chunks into per-tick targets (``ate_core.runtime.executor``)."""
+
+    mode: str = checked("crossfade", check=_one_of("replace", "crossfade", "ensemble"))
+    crossfade_s: float = checked(0.1, check=_in_range(0.0, 5.0))
+    ensemble_k: float = checked(0.01, check=_in_range(0.0, 10.0),
+                                doc="ACT temporal ensembling: weight exp(-k i), i = 0 oldest")
+    max_chunks: int = checked(8, check=_in_range(1, 1000), doc="chunks kept for blending")
+
+
+@dataclass(frozen=True)
+class WorkspaceBox:
+    """Axis-aligned box in base_link that an arm's TCP must stay in."""
+
+    min_m: Vec3 = (-1.0, -1.0, -1.0)
+    max_m: Vec3 = (1.0, 1.0, 1.0)
+
+    def problems(self) -> Iterator[Problem]:
+        for axis, lo, hi in zip("xyz", self.min_m, self.max_m):
+            if not lo < hi:
+                yield ("max_m", f"{axis}: max {hi} is not above min {lo}")
+
+
+def _default_workspace() -> Dict[str, WorkspaceBox]:
+    return {"left": WorkspaceBox((-0.05, -0.25, -0.30), (0.70, 0.85, 0.80)),
+            "right": WorkspaceBox((-0.05, -0.85, -0.30), (0.70, 0.25, 0.80))}
+
+
+@dataclass(frozen=True)
+class SafetyConfig:
+    """Every target passes these each tick (``ate_core.runtime.safety``)."""
+
+    joint_margin_rad: float = checked(0.05, check=_in_range(0.0, 0.5))
+    velocity_scale: float = checked(0.5, check=_in_range(0.01, 1.0),
+                                    doc="fraction of each joint's rated velocity")
+    acceleration_scale: float = checked(0.2, check=_in_range(0.01, 1.0),
+                                        doc="fraction of each joint's rated acceleration")
+    gripper_velocity_m_s: float = checked(0.1, check=_in_range(0.001, 1.0))
+    workspace: Dict[str, WorkspaceBox] = field(default_factory=_default_workspace)
+    min_arm_distance_m: float = checked(0.05, check=_in_range(0.0, 1.0))
+    link_radius_m: float = checked(0.06, check=_in_range(0.0, 0.5),
+                                   doc="capsule radius of every arm link")
+
+
+@dataclass(frozen=True)
+class WatchdogConfig:
+    """Timeouts after which the supervisor holds (or stops, for a lost controller)."""
+
+    joint_state_timeout_s: float = checked(0.05, check=_in_range(0.005, 10.0))
+    chunk_timeout_s: float = checked(1.0, check=_in_range(0.01, 60.0))
+    camera_timeout_s: float = checked(0.25, check=_in_range(0.01, 60.0))
+    controller_timeout_s: float = checked(0.5, check=_in_range(0.01, 60.0),
+                                          doc="joint state silent this long: controller lost")
+
+    def problems(self) -> Iterator[Problem]:
+        if self.controller_timeout_s <= self.joint_state_timeout_s:
+            yield ("controller_timeout_s", "must be longer than joint_state_timeout_s")
+
+
+@dataclass(frozen=True)
+class SupervisorConfig:
+    """The only commander of the arms: control rate, ramps, executor, safety, watchdogs."""
+
+    rate_hz: float = checked(100.0, check=_in_range(1.0, 1000.0))
+    ramp_s: float = checked(1.0, check=_in_range(0.0, 30.0), doc="engage / re-engage ramp")
+    dry_run: bool = False
+    executor: ExecutorConfig = ExecutorConfig()
+    safety: SafetyConfig = SafetyConfig()
+    watchdog: WatchdogConfig = WatchdogConfig()
+
+
 @dataclass(frozen=True)
 class BimanualConfig:
     """The whole robot: both arms, their layout, and the names the nodes use."""
@@ -210,7 +349,23 @@ class BimanualConfig:
     robot_name: str = checked("ate_bimanual", check=_nonempty)
     gripper: GripperConfig = GripperConfig()
     topics: TopicsConfig = TopicsConfig()
+    cameras: Dict[str, CameraConfig] = field(default_factory=_default_cameras)
+    inference: InferenceConfig = InferenceConfig()
+    supervisor: SupervisorConfig = SupervisorConfig()
     sim: SimConfig = SimConfig()
+
+    def problems(self) -> Iterator[Problem]:
+        sides = {side for side, _ in self.arms.items()}
+        missing = sorted(sides - set(self.supervisor.safety.workspace))
+        if missing:
+            yield ("supervisor.safety.workspace", f"no workspace box for arms {missing}")
+        unknown = sorted(set(self.supervisor.safety.workspace) - sides)
+        if unknown:
+            yield ("supervisor.safety.workspace", f"boxes for unknown arms {unknown}")
+        for name in self.cameras:
+            if not _NAME.match(name):
+                yield (f"cameras.{name}", "camera names must be ROS name tokens "
+                                          "(letters, digits, '_')")
 
 
 def simulated(cfg: BimanualConfig) -> BimanualConfig:
