@@ -21,6 +21,10 @@ NODES = {
     "arm_node": "ate_ros.nodes.arm_node:main",
     "arm_nodes": "ate_ros.nodes.arm_node:main_both",
     "joint_state_aggregator": "ate_ros.nodes.joint_state_aggregator:main",
+    "camera_node": "ate_ros.nodes.camera_node:main",
+    "camera_nodes": "ate_ros.nodes.camera_node:main_all",
+    "inference_node": "ate_ros.nodes.inference_node:main",
+    "supervisor_node": "ate_ros.nodes.supervisor_node:main",
 }
 TOOLS = {
     "ate_bringup": "ate_ros.bringup:main",

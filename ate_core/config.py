@@ -369,10 +369,12 @@ class BimanualConfig:
 
 
 def simulated(cfg: BimanualConfig) -> BimanualConfig:
-    """The same robot with every arm pointed at its emulator endpoint from ``cfg.sim``."""
+    """The same robot with every arm pointed at its emulator endpoint from ``cfg.sim`` and
+    every camera showing the simulated scene."""
     arms = {side: dataclasses.replace(arm, ip=ep.ip, tcp_port=ep.tcp_port, udp_port=ep.udp_port)
             for (side, arm), ep in zip(cfg.arms.items(), (cfg.sim.arms.left, cfg.sim.arms.right))}
-    return dataclasses.replace(cfg, arms=ArmsConfig(**arms))
+    cameras = {name: dataclasses.replace(cam, source="sim") for name, cam in cfg.cameras.items()}
+    return dataclasses.replace(cfg, arms=ArmsConfig(**arms), cameras=cameras)
 
 
 # ---------------------------------------------------------------------------------------------

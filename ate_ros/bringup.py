@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib
 import signal
 import sys
 import threading
@@ -27,15 +28,23 @@ from ate_core.robot.from_config import layout_from_config
 from ate_ros.graph import NodeSpec, in_process, robot_graph
 from ate_ros.node_host import NodeHost
 from ate_ros.nodes.arm_node import ArmNode
-from ate_ros.nodes.joint_state_aggregator import JointStateAggregator
 from ate_ros.resources import default_config_path
 from ate_ros.sim.bimanual import SimulatedArms
 
-#: Executables of this package that the bringup can run in-process, by name.
+#: Executables of this package that the bringup can run in-process: name -> "module:class".
+#: Imported on use, so a bringup without an inference node never imports torch.
 NODE_CLASSES = {
-    "arm_node": ArmNode,
-    "joint_state_aggregator": JointStateAggregator,
+    "arm_node": "ate_ros.nodes.arm_node:ArmNode",
+    "joint_state_aggregator": "ate_ros.nodes.joint_state_aggregator:JointStateAggregator",
+    "camera_node": "ate_ros.nodes.camera_node:CameraNode",
+    "inference_node": "ate_ros.nodes.inference_node:InferenceNode",
+    "supervisor_node": "ate_ros.nodes.supervisor_node:SupervisorNode",
 }
+
+
+def node_class(executable: str) -> type:
+    module, name = NODE_CLASSES[executable].split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 class TopicWatch:
@@ -60,7 +69,7 @@ def start_nodes(host: NodeHost, specs: List[NodeSpec]) -> List[Node]:
     nodes = []
     for spec in specs:
         params = [Parameter(k, value=v) for k, v in spec.parameters.items()]
-        nodes.append(host.start(NODE_CLASSES[spec.executable], namespace=spec.namespace or None,
+        nodes.append(host.start(node_class(spec.executable), namespace=spec.namespace or None,
                                 parameter_overrides=params))
     return nodes
 

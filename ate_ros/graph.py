@@ -48,7 +48,11 @@ class EmulatorSpec:
 
 def robot_graph(cfg: BimanualConfig, config_file: str, urdf_xml: Optional[str] = None,
                 sim: bool = False) -> List[NodeSpec]:
-    """Every node of the bimanual robot, in start order."""
+    """Every node of the bimanual robot, in start order.
+
+    The supervisor comes last and starts idle: nothing moves until ``/ate/engage``. The inference
+    node runs only when the config names a checkpoint (``inference.checkpoint``).
+    """
     specs: List[NodeSpec] = [
         NodeSpec("arm_node", "arm_driver", namespace=f"/{side}_arm",
                  parameters={"config_file": config_file, "arm": side, "sim": sim})
@@ -56,6 +60,13 @@ def robot_graph(cfg: BimanualConfig, config_file: str, urdf_xml: Optional[str] =
     ]
     specs.append(NodeSpec("joint_state_aggregator", "joint_state_aggregator",
                           parameters={"config_file": config_file}))
+    specs += [NodeSpec("camera_node", f"{name}_camera",
+                       parameters={"config_file": config_file, "camera": name, "sim": sim})
+              for name in cfg.cameras]
+    if cfg.inference.checkpoint:
+        specs.append(NodeSpec("inference_node", "inference",
+                              parameters={"config_file": config_file}))
+    specs.append(NodeSpec("supervisor_node", "supervisor", parameters={"config_file": config_file}))
     if urdf_xml is not None:
         specs.append(NodeSpec("robot_state_publisher", "robot_state_publisher",
                               package="robot_state_publisher",

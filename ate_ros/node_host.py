@@ -12,6 +12,7 @@ single-threaded one). Callbacks must therefore never block; long work goes to a 
 
 from __future__ import annotations
 
+import gc
 import threading
 from typing import Callable, List, Optional, TypeVar
 
@@ -76,3 +77,25 @@ class NodeHost:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def spin_nodes(nodes: List[Node]) -> None:
+    """``main()`` of a node executable: spin ``nodes`` until Ctrl-C, then destroy them cleanly.
+
+    Full garbage collections over everything imported by then (rclpy, numpy, torch, the SDK)
+    pause every thread for tens of ms: long enough to look like a silent controller or a missed
+    control tick. Moving those objects out of the collector's reach first keeps pauses short.
+    """
+    gc.collect()
+    gc.freeze()
+    executor = SingleThreadedExecutor()
+    for node in nodes:
+        executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        for node in nodes:
+            node.destroy_node()
+        rclpy.try_shutdown()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import json
 import math
 import signal
@@ -11,7 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, Iterator, List
+from typing import List
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
@@ -19,71 +17,11 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool
 from std_srvs.srv import Trigger
 
-from ate_core.config import BimanualConfig, load_config, replace_in
 from ate_ros.nodes.arm_node import ArmNode
 from ate_ros.sim.realman_emulator import RealManEmulator
-from conftest import REPO, free_port, next_loopback_ip, sdk_push_port
+from conftest import free_port, next_loopback_ip, sdk_push_port
 
-SIDES = ("left", "right")
-
-
-def robot_config(endpoints: Dict[str, tuple]) -> BimanualConfig:
-    """The shipped config with each arm pointed at (ip, tcp_port, udp_port) on loopback."""
-    cfg = load_config(REPO / "config/bimanual.yaml")
-    updates = {}
-    for side, (ip, tcp, udp) in endpoints.items():
-        updates.update({f"arms.{side}.ip": ip, f"arms.{side}.tcp_port": tcp,
-                        f"arms.{side}.udp_port": udp})
-    return replace_in(cfg, updates, source="test")
-
-
-def home_deg(cfg: BimanualConfig, side: str) -> List[float]:
-    return [math.degrees(q) for q in getattr(cfg.arms, side).home_rad]
-
-
-@dataclasses.dataclass
-class Rig:
-    cfg: BimanualConfig
-    emulators: Dict[str, RealManEmulator]
-    nodes: Dict[str, ArmNode]
-    states: Dict[str, object]
-
-
-@contextlib.contextmanager
-def emulated_arms(ros, sides=SIDES) -> Iterator[Rig]:
-    """Emulated controllers for the given arms and their arm nodes, all in this process."""
-    endpoints = {side: (next_loopback_ip(), free_port(), sdk_push_port(1 + i))
-                 for i, side in enumerate(sides)}
-    cfg = robot_config(endpoints)
-    emulators = {}
-    try:
-        for side, (ip, tcp, udp) in endpoints.items():
-            emulators[side] = RealManEmulator(ip=ip, tcp_port=tcp, push_port=udp,
-                                              initial_joints_deg=home_deg(cfg, side)).start()
-        states = {side: ros.subscribe(JointState, f"/{side}_arm/joint_states") for side in sides}
-        nodes = {side: ros.start(ArmNode, side, config=cfg) for side in sides}
-        for side in sides:
-            ros.wait_for(lambda s=side: nodes[s].driver.wait_ready(0) and len(states[s]) > 0,
-                         10.0, f"{side} arm ready and publishing")
-        yield Rig(cfg, emulators, nodes, states)
-    finally:
-        # Arms off first, then the controllers (as on the robot: the drivers disconnect).
-        for node in list(locals().get("nodes", {}).values()):
-            node.driver.close()
-        for emulator in emulators.values():
-            emulator.stop()
-
-
-def command_msg(names, positions) -> JointState:
-    msg = JointState()
-    msg.name = list(names)
-    msg.position = [float(p) for p in positions]
-    return msg
-
-
-def measured(rig: Rig, side: str) -> np.ndarray:
-    msg = rig.states[side].messages[-1]
-    return np.array(msg.position[:7])
+from arm_rig import SIDES, Rig, command_msg, emulated_arms, home_deg, measured, robot_config  # noqa: F401
 
 
 def test_both_arms_publish_joint_states_at_the_push_rate_for_10_s(ros):

@@ -79,3 +79,26 @@ def test_separate_domains_do_not_hear_each_other(ros):
         assert len(heard) == 0
     finally:
         other.close()
+
+
+def test_aggregator_limits_its_rate_to_the_parameter(ros, repo):
+    from rclpy.parameter import Parameter
+    import time
+
+    cfg = load_config(repo / "config/bimanual.yaml")
+    ros.start(JointStateAggregator, config=cfg,
+              parameter_overrides=[Parameter("publish_rate_hz", value=20.0)])
+    merged = ros.subscribe(JointState, "/joint_states")
+    left = ros.publisher(JointState, "/left_arm/joint_states", qos_profile_sensor_data)
+    ros.wait_for_subscribers(left)
+    names = (*cfg.arms.left.joint_names, cfg.arms.left.gripper_joint)
+    sent = 0
+    start = time.monotonic()
+    while time.monotonic() - start < 1.0:  # 200 states a second, as an arm pushes them
+        left.publish(_arm_state(names, [0.01 * sent] * 8))
+        sent += 1
+        time.sleep(0.005)
+    time.sleep(0.2)
+    # 20 Hz over ~1 s: far fewer merged states than inputs, but a steady stream of them.
+    assert sent > 100
+    assert 5 <= len(merged) <= 30

@@ -12,7 +12,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SHARE_DIRS = ("launch", "config", "urdf")
-CONSOLE_SCRIPTS = ("arm_node", "arm_nodes", "joint_state_aggregator", "ate_bringup", "ate_urdf",
+CONSOLE_SCRIPTS = ("arm_node", "arm_nodes", "joint_state_aggregator", "camera_node", "camera_nodes",
+                   "inference_node", "supervisor_node", "ate_bringup", "ate_urdf",
                    "ate_realman_emulator", "ate_train", "ate_finetune", "ate_synthetic_dataset", "ate_align")
 SKIP = shutil.ignore_patterns(".venv", ".git", "build", "install", "log", "__pycache__",
                               "*.egg-info", ".pytest_cache", ".hypothesis", "out")

@@ -330,7 +330,30 @@ def train(cfg: TrainConfig, *, progress: bool = True, loss_fn: Optional[LossFn] 
 #: config.json / train_summary.json keys the trainer owns (see ate_core.policy.pretrained).
 _RESERVED_META = frozenset({"format", "version", "policy_type", "policy", "embodiment", "embodiments", "norm_mode",
                             "action_space", "train", "files", "steps", "start_step", "last_checkpoint",
-                            "final_loss", "world_size", "weights_sha256_by_rank", "ranks_in_sync", "loss_png"})
+                            "final_loss", "world_size", "weights_sha256_by_rank", "ranks_in_sync", "loss_png",
+                            "fps"})
+
+
+def _training_fps(datasets: Sequence[Any], embodiments: Sequence[str], target: str, loaded: Any,
+                  source: str) -> Optional[float]:
+    """The frame rate of the target embodiment's data: chunk point i of a checkpoint is due
+    ``i / fps`` after its observation, so the robot needs it (``config.json: fps``).
+
+    Data sets of the target embodiment must agree (one checkpoint, one spacing); data of other
+    embodiments (a pre-training mixture) may run at their own rates. Without target data (a run
+    that only names the embodiment) the checkpoint being continued says it, if it does.
+    """
+    rates = {str(getattr(ds, "root", "?")): float(ds.info.fps)
+             for ds, emb in zip(datasets, embodiments) if emb == target}
+    if len(set(rates.values())) > 1:
+        listed = ", ".join(f"{root} at {fps:g} Hz" for root, fps in rates.items())
+        raise ConfigError(source, "dataset.roots", f"the {target!r} data sets disagree on the frame rate ({listed}); "
+                                                   "a checkpoint has one time step between chunk points, so "
+                                                   "resample them to one rate or train on one of them")
+    if rates:
+        return next(iter(rates.values()))
+    fps = loaded.meta.get("fps") if loaded is not None else None
+    return float(fps) if isinstance(fps, (int, float)) and not isinstance(fps, bool) else None
 
 
 def _train(cfg: TrainConfig, info: DistInfo, device: torch.device, *, progress: bool,
@@ -378,6 +401,7 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device, *, progress: 
     if target_embodiment not in stats:
         raise ConfigError(source, "embodiment", f"{target_embodiment!r}: no dataset of this embodiment and no "
                                                 f"stats for it in the checkpoint (has: {sorted(stats)})")
+    fps = _training_fps(datasets, embodiments, target_embodiment, loaded, source)
     from ate_core.policy.processor import PolicyProcessor, ProcessedDataset, collate
 
     processed = [ProcessedDataset(ds, PolicyProcessor(action_space=space, embodiment=emb, stats=stats[emb],
@@ -440,6 +464,8 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device, *, progress: 
     use_amp = bool(cfg.amp and device.type == "cuda")
     meta = {"embodiment": target_embodiment, "norm_mode": cfg.norm_mode, "action_space": space,
             "train": train_config_to_dict(cfg), **meta_extra}
+    if fps is not None:
+        meta["fps"] = fps
     if info.is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
         metrics_rows = _read_metrics(output_dir / METRICS_FILE, upto_step=start_step) if kind == "resume" else []

@@ -13,13 +13,11 @@ share one process (``arm_nodes``), which is also how the in-process bringup runs
 
 from __future__ import annotations
 
-import gc
 import threading
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import rclpy
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool
@@ -32,6 +30,7 @@ from ate_ros.conversions import sample_to_joint_state
 from ate_ros.diagnostics import ERROR, OK, STALE, WARN, diagnostic_array, diagnostic_status
 from ate_ros.drivers.realman_arm import ArmState, Link, RealManArm
 from ate_ros.drivers.realman_sdk import describe_error
+from ate_ros.node_host import spin_nodes
 from ate_ros.params import declare_config
 from diagnostic_msgs.msg import DiagnosticArray
 
@@ -233,34 +232,16 @@ class ArmNode(Node):
         self._diag_pub.publish(diagnostic_array(self.get_clock().now().to_msg(), status))
 
 
-def _spin(nodes: List[Node]) -> None:
-    # Full garbage collections over everything imported so far (rclpy, numpy, the SDK) pause
-    # all threads for tens of ms: long enough to look like a silent controller. Freeze them.
-    gc.collect()
-    gc.freeze()
-    executor = SingleThreadedExecutor()
-    for node in nodes:
-        executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        for node in nodes:
-            node.destroy_node()
-        rclpy.try_shutdown()
-
-
 def main(args: Optional[Sequence[str]] = None) -> None:
     """``ros2 run ate_ros arm_node --ros-args -r __ns:=/left_arm -p arm:=left``."""
     rclpy.init(args=args)
-    _spin([ArmNode()])
+    spin_nodes([ArmNode()])
 
 
 def main_both(args: Optional[Sequence[str]] = None) -> None:
     """``ros2 run ate_ros arm_nodes``: both arms in one process (one SDK instance)."""
     rclpy.init(args=args)
-    _spin([ArmNode("left"), ArmNode("right")])
+    spin_nodes([ArmNode("left"), ArmNode("right")])
 
 
 if __name__ == "__main__":

@@ -1,0 +1,281 @@
+"""The supervisor's decisions, one control tick at a time: who commands the arms, and with what.
+
+Pure state machine over time (``now_ns`` in, commands out), so the ROS node, the offline replay
+and the property tests all run the same code. It composes the chunk executor (what the policy
+wants now), the safety filter (what is allowed now) and the watchdogs (what has gone silent).
+
+Modes::
+
+    idle --engage--> engaged --disengage--> disengaging --at rest--> idle
+      ^                 |  lost controller -> idle (arms stopped)
+      |                 v
+      +--rearm-- estopped <--estop-- (any mode)
+
+- *idle*: no commands at all; the arms keep whatever the controllers last did.
+- *engaged*: the executor's target for now, ramped in from the measured state over ``ramp_s``
+  (a smoothstep blend, so the ramp starts and ends at zero velocity), through the safety filter.
+  A hold fault (stale joint state, chunk or camera) switches the target to the previous command,
+  which the filter's acceleration cap turns into a deceleration to rest; when the fault clears,
+  the ramp restarts from the last command, so resuming never jumps either.
+- *disengaging*: the same deceleration to rest; once every joint is at rest, idle.
+- *estopped*: latched. Every tick commands the position measured when the e-stop came, and the
+  controllers are told to stop. This deliberately bypasses the filter's rate caps: the arm is
+  physically at the measured position, so holding it is the smallest possible motion. Only
+  :meth:`rearm` leaves it, to idle; motion needs a new engage, from the measured state, ramped.
+- A lost controller stops both arms and drops to idle: the surviving arm must not carry on alone.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import Counter
+from dataclasses import dataclass
+from typing import Dict, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ate_core.config import SupervisorConfig
+from ate_core.robot.layout import BimanualLayout
+from ate_core.runtime.chunk import ActionChunk, ChunkRejected
+from ate_core.runtime.executor import ChunkExecutor
+from ate_core.runtime.safety import Intervention, SafetyFilter
+from ate_core.runtime.watchdog import HOLD, STOP, Fault, Watchdogs
+
+__all__ = ["Mode", "Supervisor", "TickOutput", "Answer"]
+
+#: A joint whose commanded speed is below this is at rest (rad/s, or m/s for a gripper).
+REST_SPEED = 1e-6
+
+
+class Mode(str, enum.Enum):
+    IDLE = "idle"
+    ENGAGED = "engaged"
+    DISENGAGING = "disengaging"
+    ESTOPPED = "estopped"
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The outcome of a service request (engage, e-stop, re-arm), as the service returns it."""
+
+    success: bool
+    message: str
+
+
+@dataclass(frozen=True)
+class TickOutput:
+    """One tick's decision. ``positions`` is None when nothing is commanded (idle), else the
+    command for every joint of the layout (``joint_names`` order); ``stop_arms`` lists arms
+    whose controllers must be told to stop now (sent once, on the transition)."""
+
+    now_ns: int
+    mode: Mode
+    positions: Optional[np.ndarray]
+    velocities: Optional[np.ndarray]
+    holding: bool
+    faults: Tuple[Fault, ...]
+    interventions: Tuple[Intervention, ...]
+    stop_arms: Tuple[str, ...] = ()
+
+
+def smoothstep(x: float) -> float:
+    """0 -> 1 with zero slope at both ends (a ramp that starts and ends at rest)."""
+    x = min(max(x, 0.0), 1.0)
+    return x * x * (3.0 - 2.0 * x)
+
+
+class Supervisor:
+    def __init__(self, layout: BimanualLayout, config: SupervisorConfig,
+                 gripper_max_opening_m: float, cameras: Sequence[str] = ()) -> None:
+        self.layout = layout
+        self.config = config
+        self.period_s = 1.0 / config.rate_hz
+        self.joint_names: Tuple[str, ...] = layout.joint_names
+        self.arms: Tuple[str, ...] = layout.prefixes
+        self._arm_index: Dict[str, np.ndarray] = {
+            arm.prefix: np.array([self.joint_names.index(n)
+                                  for n in (*arm.joint_names, arm.gripper_joint)])
+            for arm in layout}
+        self.executor = ChunkExecutor(config.executor, self.joint_names)
+        self.safety = SafetyFilter(layout, config.safety, self.period_s, gripper_max_opening_m)
+        self.watchdogs = Watchdogs(config.watchdog, self.arms, cameras)
+        self.mode = Mode.IDLE
+        self.reason = "not engaged"
+        #: Interventions and faults so far, keyed by (rule, arm or source).
+        self.counts: Counter = Counter()
+        self._measured: Dict[str, np.ndarray] = {}
+        self._previous: Optional[np.ndarray] = None
+        self._velocity: Optional[np.ndarray] = None
+        self._ramp_from: Optional[np.ndarray] = None
+        self._ramp_start_ns = 0
+        self._estop_hold: Optional[np.ndarray] = None
+        self._active_faults: Tuple[Fault, ...] = ()
+        self._pending_stop: Tuple[str, ...] = ()
+
+    # ---- inputs ---------------------------------------------------------------------------------
+
+    def arm_slice(self, arm: str) -> np.ndarray:
+        """Indices of ``arm``'s joints and gripper in :attr:`joint_names`."""
+        return self._arm_index[arm]
+
+    def on_joint_state(self, arm: str, positions: Sequence[float], now_ns: int) -> None:
+        """The measured joints + gripper of ``arm`` (its own order: joint1..N, gripper)."""
+        values = np.asarray(positions, dtype=np.float64)
+        if values.shape != (len(self._arm_index[arm]),) or not np.isfinite(values).all():
+            self.counts[("bad_joint_state", arm)] += 1
+            return  # a malformed state is not a fresh state: the watchdog keeps timing
+        self._measured[arm] = values
+        self.watchdogs.joint_state(arm, now_ns)
+
+    def on_camera(self, name: str, now_ns: int) -> None:
+        self.watchdogs.camera(name, now_ns)
+
+    def on_chunk(self, chunk: ActionChunk, now_ns: int) -> Optional[str]:
+        """Hand a validated chunk to the executor; the rejection reason (counted), or None."""
+        try:
+            late = self.executor.add(chunk, now_ns)
+        except ChunkRejected as e:
+            self.counts[(f"chunk_{e.rule}", "policy")] += 1
+            return f"{e.rule}: {e}"
+        self.watchdogs.chunk(now_ns)
+        if late:
+            self.counts[("late_points", "policy")] += late
+        return None
+
+    def reject_chunk(self, rule: str) -> None:
+        """Count a chunk that failed validation before reaching :meth:`on_chunk`."""
+        self.counts[(f"chunk_{rule}", "policy")] += 1
+
+    def measured(self) -> Optional[np.ndarray]:
+        """The measured state of every joint, or None while an arm has never reported."""
+        if set(self._measured) != set(self.arms):
+            return None
+        out = np.empty(len(self.joint_names))
+        for arm, values in self._measured.items():
+            out[self._arm_index[arm]] = values
+        return out
+
+    # ---- requests -------------------------------------------------------------------------------
+
+    def engage(self, now_ns: int) -> Answer:
+        if self.mode is Mode.ESTOPPED:
+            return Answer(False, "e-stop is latched: call rearm first")
+        if self.mode is Mode.ENGAGED:
+            return Answer(True, "already engaged")
+        faults = [f for f in self.watchdogs.check(now_ns) if f.rule in ("stale_joint_state",
+                                                                       "lost_controller")]
+        measured = self.measured()
+        if faults or measured is None:
+            why = "; ".join(str(f) for f in faults) or "no joint state yet"
+            return Answer(False, f"cannot engage: {why}")
+        start = measured if self.mode is Mode.IDLE else self._previous
+        self._start_ramp(start, now_ns, reset_velocity=self.mode is Mode.IDLE)
+        self.mode = Mode.ENGAGED
+        self.reason = "engaged"
+        self.watchdogs.engaged(now_ns)
+        return Answer(True, "engaged: ramping in from the measured state")
+
+    def disengage(self, now_ns: int) -> Answer:
+        if self.mode is Mode.ENGAGED:
+            self.mode = Mode.DISENGAGING
+            self.reason = "disengaging: decelerating to rest"
+            self.watchdogs.engaged(None)
+            return Answer(True, "disengaging: decelerating to rest")
+        return Answer(True, f"not engaged ({self.mode.value})")
+
+    def estop(self, now_ns: int) -> Answer:
+        """Latch the e-stop: hold what is measured now (else the last command) on every arm."""
+        hold: Optional[np.ndarray] = np.empty(len(self.joint_names))
+        for arm in self.arms:  # an arm that never reported holds its last command
+            idx = self._arm_index[arm]
+            if arm in self._measured:
+                hold[idx] = self._measured[arm]
+            elif self._previous is not None:
+                hold[idx] = self._previous[idx]
+            else:
+                hold = None  # nothing known to hold: the controllers' stop does it alone
+                break
+        already = self.mode is Mode.ESTOPPED
+        if not already:
+            self._estop_hold = hold
+            self.counts[("estop", "all")] += 1
+        self.mode = Mode.ESTOPPED
+        self.reason = "e-stop latched"
+        self.executor.clear()
+        self.watchdogs.engaged(None)
+        self._pending_stop = self.arms
+        return Answer(True, "e-stop latched" + (" (already)" if already else "")
+                      + ": holding the measured position; call rearm to release")
+
+    def rearm(self, now_ns: int) -> Answer:
+        if self.mode is not Mode.ESTOPPED:
+            return Answer(False, f"not e-stopped ({self.mode.value})")
+        self.mode = Mode.IDLE
+        self.reason = "re-armed: engage to move"
+        self._estop_hold = None
+        self._previous = self._velocity = None
+        self.executor.clear()
+        return Answer(True, "re-armed: nothing moves until engage")
+
+    # ---- the tick -------------------------------------------------------------------------------
+
+    def _start_ramp(self, start: np.ndarray, now_ns: int, reset_velocity: bool) -> None:
+        self._ramp_from = np.array(start, dtype=np.float64)
+        self._ramp_start_ns = now_ns
+        if reset_velocity or self._previous is None:
+            self._previous = self._ramp_from.copy()
+            self._velocity = np.zeros_like(self._ramp_from)
+
+    def tick(self, now_ns: int) -> TickOutput:
+        faults = self.watchdogs.check(now_ns)
+        for fault in faults:  # count onsets, not ticks
+            if all((f.rule, f.source) != (fault.rule, fault.source) for f in self._active_faults):
+                self.counts[(fault.rule, fault.source)] += 1
+        self._active_faults = faults
+        stop, self._pending_stop = self._pending_stop, ()
+
+        if self.mode is Mode.ESTOPPED:
+            hold = self._estop_hold
+            return TickOutput(now_ns, self.mode, None if hold is None else hold.copy(),
+                              None if hold is None else np.zeros_like(hold), True, faults, (), stop)
+
+        if self.mode in (Mode.ENGAGED, Mode.DISENGAGING) and any(f.reaction == STOP for f in faults):
+            lost = sorted({f.source for f in faults if f.reaction == STOP})
+            self.mode = Mode.IDLE
+            self.reason = f"controller lost ({', '.join(lost)}): arms stopped, engage again"
+            self.executor.clear()
+            self.watchdogs.engaged(None)
+            self._previous = self._velocity = None
+            return TickOutput(now_ns, self.mode, None, None, True, faults, (), self.arms)
+
+        if self.mode is Mode.IDLE or self._previous is None:
+            return TickOutput(now_ns, self.mode, None, None, False, faults, (), stop)
+
+        holds = self.mode is Mode.DISENGAGING or any(f.reaction == HOLD for f in faults)
+        target = None if holds else self.executor.target_at(now_ns)
+        if target is None:
+            target = self._previous
+            if self.mode is Mode.ENGAGED:
+                holds = True
+        else:
+            if self._ramp_from is None:  # resuming after a hold: ramp from where we are
+                self._start_ramp(self._previous, now_ns, reset_velocity=False)
+            w = smoothstep((now_ns - self._ramp_start_ns) * 1e-9 / self.config.ramp_s) \
+                if self.config.ramp_s > 0 else 1.0
+            target = self._ramp_from + w * (target - self._ramp_from)
+        if holds:
+            self._ramp_from = None
+        result = self.safety.clamp(target, self._previous, self._velocity)
+        for item in result.interventions:
+            self.counts[(item.rule, item.arm)] += 1
+        self._previous, self._velocity = result.positions, result.velocities
+        if self.mode is Mode.DISENGAGING and np.all(np.abs(result.velocities) < REST_SPEED):
+            self.mode = Mode.IDLE
+            self.reason = "disengaged"
+            self._previous = self._velocity = None
+        return TickOutput(now_ns, self.mode, result.positions.copy(), result.velocities.copy(),
+                          holds, faults, result.interventions, stop)
+
+    def split(self, positions: np.ndarray) -> Mapping[str, np.ndarray]:
+        """A whole-robot vector as per-arm vectors (joints then gripper)."""
+        return {arm: positions[idx] for arm, idx in self._arm_index.items()}

@@ -1,0 +1,269 @@
+"""The supervisor node: the only publisher of arm commands.
+
+Inputs: each arm's joint states, each camera's ``camera_info`` (a camera watchdog that costs no
+image decoding), and the policy's chunks on ``/ate/action_chunk``. Outputs: one
+``/{arm}_arm/command`` JointState per arm per control tick (stamped with the tick, naming its
+joints), ``/diagnostics`` with the mode, the tick timing and every intervention counted by rule
+and arm. Services: ``/ate/estop`` and ``/ate/rearm`` (std_srvs/Trigger), ``/ate/engage``
+(std_srvs/SetBool). Every decision is :class:`ate_core.runtime.supervisor.Supervisor`'s; this
+node converts messages and keeps time.
+
+The control loop runs on its own thread (``supervisor-tick``) against absolute deadlines rather
+than on an rclpy timer: the executor also delivers 400 joint states a second and the chunks, and
+a tick must not wait behind them. Callbacks and the tick share one lock around the supervisor,
+held for microseconds. In dry-run mode the commands go to ``/{arm}_arm/command_preview``
+instead; everything else (including the e-stop's controller stop) is live.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from typing import Deque, Dict, Optional, Sequence
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.node import Node
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import CameraInfo, JointState
+from std_srvs.srv import SetBool, Trigger
+from trajectory_msgs.msg import JointTrajectory
+
+from ate_core.config import BimanualConfig
+from ate_core.robot.from_config import layout_from_config
+from ate_core.runtime.chunk import ChunkRejected
+from ate_core.runtime.supervisor import Mode, Supervisor, TickOutput
+from ate_ros.chunk_msgs import trajectory_to_chunk
+from ate_ros.conversions import ns_to_stamp
+from ate_ros.diagnostics import ERROR, OK, WARN, diagnostic_array, diagnostic_status
+from ate_ros.node_host import spin_nodes
+from ate_ros.params import declare_config
+
+
+class TickTiming:
+    """Start-to-start periods of the control loop and the ticks it missed."""
+
+    def __init__(self, period_ns: int, window: int = 6000) -> None:
+        self.period_ns = period_ns
+        self.periods_ns: Deque[int] = deque(maxlen=window)
+        self.ticks = 0
+        self.missed = 0
+        self._last: Optional[int] = None
+
+    def record(self, start_ns: int) -> None:
+        if self._last is not None:
+            period = start_ns - self._last
+            self.periods_ns.append(period)
+            self.missed += max(0, round(period / self.period_ns) - 1)
+        self._last = start_ns
+        self.ticks += 1
+
+    def summary(self) -> Dict[str, float]:
+        periods = np.array(self.periods_ns, dtype=np.float64) * 1e-6
+        if periods.size == 0:
+            return {"period_p50_ms": float("nan"), "period_p99_ms": float("nan"),
+                    "error_p99_ms": float("nan"), "ticks": self.ticks, "missed": self.missed}
+        error = np.abs(periods - self.period_ns * 1e-6)
+        return {"period_p50_ms": float(np.percentile(periods, 50)),
+                "period_p99_ms": float(np.percentile(periods, 99)),
+                "error_p99_ms": float(np.percentile(error, 99)),
+                "ticks": self.ticks, "missed": self.missed}
+
+
+class SupervisorNode(Node):
+    def __init__(self, config: Optional[BimanualConfig] = None, **kwargs) -> None:
+        super().__init__("supervisor", **kwargs)
+        cfg = config if config is not None else declare_config(self)
+        self.cfg = cfg
+        layout = layout_from_config(cfg)
+        self.supervisor = Supervisor(layout, cfg.supervisor, cfg.gripper.max_opening_m,
+                                     cameras=tuple(cfg.cameras))
+        self.dry_run = cfg.supervisor.dry_run
+        self._lock = threading.Lock()
+        self._period_ns = int(round(1e9 / cfg.supervisor.rate_hz))
+        self.timing = TickTiming(self._period_ns)
+        self._last_stamp_ns = 0
+        self._last_output: Optional[TickOutput] = None
+        self._last_rejection = ""
+
+        topic = cfg.topics.arm_command + ("_preview" if self.dry_run else "")
+        self._arm_names = {arm.prefix: (*arm.joint_names, arm.gripper_joint) for arm in layout}
+        self._command_pubs = {side: self.create_publisher(JointState, f"/{side}_arm/{topic}", 10)
+                              for side in self.supervisor.arms}
+        self._stop_clients = {side: self.create_client(Trigger, f"/{side}_arm/stop")
+                              for side in self.supervisor.arms}
+        self._diag_pub = self.create_publisher(DiagnosticArray, cfg.topics.diagnostics, 10)
+        for side in self.supervisor.arms:
+            self.create_subscription(JointState, f"/{side}_arm/{cfg.topics.arm_joint_states}",
+                                     lambda msg, s=side: self._on_joint_state(s, msg),
+                                     qos_profile_sensor_data)
+        for cam in cfg.cameras:
+            self.create_subscription(CameraInfo, f"{cfg.topics.cameras}/{cam}/camera_info",
+                                     lambda _msg, c=cam: self._on_camera(c),
+                                     qos_profile_sensor_data)
+        self.create_subscription(JointTrajectory, cfg.topics.action_chunk, self._on_chunk, 10)
+        self.create_service(Trigger, cfg.topics.estop, self._srv_estop)
+        self.create_service(Trigger, cfg.topics.rearm, self._srv_rearm)
+        self.create_service(SetBool, cfg.topics.engage, self._srv_engage)
+        self.create_timer(1.0, self._publish_diagnostics)
+
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="supervisor-tick", daemon=True)
+        self._thread.start()
+
+    def destroy_node(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(2.0)
+        super().destroy_node()
+
+    def _now_ns(self) -> int:
+        return self.get_clock().now().nanoseconds
+
+    # ---- inputs ---------------------------------------------------------------------------------
+
+    def _on_joint_state(self, side: str, msg: JointState) -> None:
+        names = self._arm_names[side]
+        index = {n: i for i, n in enumerate(msg.name)}
+        if any(n not in index for n in names) or len(msg.position) != len(msg.name):
+            positions = [float("nan")] * len(names)  # counted as a bad state, never as fresh
+        else:
+            positions = [msg.position[index[n]] for n in names]
+        with self._lock:
+            self.supervisor.on_joint_state(side, positions, self._now_ns())
+
+    def _on_camera(self, name: str) -> None:
+        with self._lock:
+            self.supervisor.on_camera(name, self._now_ns())
+
+    def _on_chunk(self, msg: JointTrajectory) -> None:
+        try:
+            chunk = trajectory_to_chunk(msg, self.supervisor.joint_names)
+        except ChunkRejected as e:
+            with self._lock:
+                self.supervisor.reject_chunk(e.rule)
+            self._last_rejection = f"{e.rule}: {e}"
+            self.get_logger().warning(f"rejected chunk ({e.rule}): {e}", throttle_duration_sec=1.0)
+            return
+        with self._lock:
+            reason = self.supervisor.on_chunk(chunk, self._now_ns())
+        if reason is not None:
+            self._last_rejection = reason
+            self.get_logger().warning(f"rejected chunk ({reason})", throttle_duration_sec=1.0)
+
+    # ---- the control loop -----------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        deadline = time.monotonic_ns()
+        while not self._stop.is_set():
+            deadline += self._period_ns
+            delay = deadline - time.monotonic_ns()
+            if delay > 0:
+                if self._stop.wait(delay * 1e-9):
+                    break
+            else:  # behind schedule: skip to the next deadline instead of bursting
+                deadline += (-delay // self._period_ns) * self._period_ns
+            self.timing.record(time.monotonic_ns())
+            if not self.context.ok():
+                break
+            self.tick()
+
+    def tick(self) -> TickOutput:
+        with self._lock:
+            out = self.supervisor.tick(self._now_ns())
+            self._publish(out)
+        self._last_output = out
+        if out.stop_arms:
+            self._stop_arms(out.stop_arms)
+        return out
+
+    def _publish(self, out: TickOutput) -> None:
+        """Per-arm commands of one tick; called with the lock held so stamps stay ordered."""
+        if out.positions is None:
+            return
+        stamp_ns = max(out.now_ns, self._last_stamp_ns + 1)
+        self._last_stamp_ns = stamp_ns
+        stamp = ns_to_stamp(stamp_ns)
+        for side, positions in self.supervisor.split(out.positions).items():
+            velocities = self.supervisor.split(out.velocities)[side]
+            msg = JointState(name=list(self._arm_names[side]),
+                             position=[float(v) for v in positions],
+                             velocity=[float(v) for v in velocities])
+            msg.header.stamp = stamp
+            self._command_pubs[side].publish(msg)
+
+    def _stop_arms(self, sides: Sequence[str]) -> None:
+        for side in sides:
+            client = self._stop_clients[side]
+            if client.service_is_ready():
+                client.call_async(Trigger.Request())
+            else:
+                self.get_logger().error(f"/{side}_arm/stop is not available: the {side} arm was "
+                                        f"not told to stop")
+
+    # ---- services -------------------------------------------------------------------------------
+
+    def _srv_estop(self, _request, response):
+        with self._lock:
+            answer = self.supervisor.estop(self._now_ns())
+            # The hold is in effect before the answer: publish it now, not at the next tick.
+            out = self.supervisor.tick(self._now_ns())
+            self._publish(out)
+        self._stop_arms(out.stop_arms or self.supervisor.arms)
+        self.get_logger().warning(f"E-STOP: {answer.message}")
+        response.success, response.message = answer.success, answer.message
+        return response
+
+    def _srv_rearm(self, _request, response):
+        with self._lock:
+            answer = self.supervisor.rearm(self._now_ns())
+        self.get_logger().info(f"rearm: {answer.message}")
+        response.success, response.message = answer.success, answer.message
+        return response
+
+    def _srv_engage(self, request, response):
+        with self._lock:
+            now = self._now_ns()
+            answer = self.supervisor.engage(now) if request.data else self.supervisor.disengage(now)
+        self.get_logger().info(f"engage {request.data}: {answer.message}")
+        response.success, response.message = answer.success, answer.message
+        return response
+
+    # ---- diagnostics ----------------------------------------------------------------------------
+
+    def _publish_diagnostics(self) -> None:
+        with self._lock:
+            sup = self.supervisor
+            mode, reason = sup.mode, sup.reason
+            counts = dict(sup.counts)
+            executor = sup.executor.stats
+            out = self._last_output
+        faults = out.faults if out is not None else ()
+        if mode is Mode.ESTOPPED:
+            level, message = ERROR, reason
+        elif faults:
+            level, message = WARN, "; ".join(str(f) for f in faults)
+        else:
+            level, message = OK, reason
+        timing = self.timing.summary()
+        values = {"mode": mode.value, "reason": reason, "dry_run": self.dry_run,
+                  "holding": bool(out.holding) if out is not None else False,
+                  "rate_hz": self.cfg.supervisor.rate_hz,
+                  **{f"tick.{k}": (f"{v:.3f}" if isinstance(v, float) else v)
+                     for k, v in timing.items()},
+                  "chunks_added": executor.chunks_added,
+                  "last_chunk_rejection": self._last_rejection or "none",
+                  **{f"count.{rule}.{who}": n for (rule, who), n in sorted(counts.items())}}
+        status = diagnostic_status("supervisor", level, message, values=values)
+        self._diag_pub.publish(diagnostic_array(self.get_clock().now().to_msg(), status))
+
+
+def main(args: Optional[Sequence[str]] = None) -> None:
+    rclpy.init(args=args)
+    spin_nodes([SupervisorNode()])
+
+
+if __name__ == "__main__":
+    main()
