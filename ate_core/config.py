@@ -122,6 +122,9 @@ class ArmConfig:
     control_period_s: float = checked(0.01, check=_in_range(0.002, 0.1))
     push_cycle: int = checked(1, check=_in_range(1, 100), doc="UDP push period in 5 ms units")
     mount: MountConfig = MountConfig()
+    #: Flange -> tool centre point (the gripper's fingertips). The supervisor's workspace box and
+    #: inter-arm capsules reach to it, so the gripper body is inside the safety model.
+    tcp: MountConfig = MountConfig()
 
     def problems(self) -> Iterator[Problem]:
         model = arm_model(self.model)

@@ -2,8 +2,10 @@
 
 This is what ``ros2 launch ate_ros bimanual.launch.py sim:=true`` starts, run without the
 ``launch`` tool: the controller emulators of both arms, then every node of
-``ate_ros.graph.robot_graph`` in one executor. It watches the topics for ``--duration``
-seconds (0: until Ctrl-C) and prints what it saw.
+``ate_ros.graph.robot_graph`` in one executor (arm drivers, simulated cameras, the supervisor,
+and with ``--checkpoint`` the inference node). It watches the topics for ``--duration`` seconds
+(0: until Ctrl-C) and prints what it saw. The supervisor starts idle; ``--engage`` hands control
+to the policy once it publishes, so the emulated arms follow the policy's chunks.
 """
 
 from __future__ import annotations
@@ -15,19 +17,22 @@ import signal
 import sys
 import threading
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import qos_profile_sensor_data
-from sensor_msgs.msg import JointState
+from sensor_msgs.msg import CameraInfo, JointState
+from std_srvs.srv import SetBool
+from trajectory_msgs.msg import JointTrajectory
 
 from ate_core.config import BimanualConfig, ConfigError, load_config
 from ate_core.robot.from_config import layout_from_config
 from ate_ros.graph import NodeSpec, in_process, robot_graph
 from ate_ros.node_host import NodeHost
 from ate_ros.nodes.arm_node import ArmNode
+from ate_ros.nodes.supervisor_node import SupervisorNode
 from ate_ros.resources import default_config_path
 from ate_ros.sim.bimanual import SimulatedArms
 
@@ -50,15 +55,15 @@ def node_class(executable: str) -> type:
 class TopicWatch:
     """Counts messages per topic and keeps the newest whole-robot joint state."""
 
-    def __init__(self, node: Node, topics: Sequence[str]) -> None:
+    def __init__(self, node: Node, topics: Mapping[str, type]) -> None:
         self._lock = threading.Lock()
         self.counts: Dict[str, int] = {t: 0 for t in topics}
         self.latest: Optional[JointState] = None
-        for topic in topics:
-            node.create_subscription(JointState, topic, lambda m, t=topic: self._on(t, m),
+        for topic, msg_type in topics.items():
+            node.create_subscription(msg_type, topic, lambda m, t=topic: self._on(t, m),
                                      qos_profile_sensor_data)
 
-    def _on(self, topic: str, msg: JointState) -> None:
+    def _on(self, topic: str, msg) -> None:
         with self._lock:
             self.counts[topic] += 1
             if topic == "/joint_states":
@@ -87,6 +92,12 @@ def report(cfg: BimanualConfig, sim: SimulatedArms, nodes: List[Node], skipped: 
             d = node.driver
             lines.append(f"  arm driver {node.side:<5} link {d.link.value}, {d.stats.pushes} states "
                          f"received, {d.stats.reconnects} reconnects")
+    for node in nodes:
+        if isinstance(node, SupervisorNode):
+            t = node.timing.summary()
+            lines.append(f"  supervisor {node.supervisor.mode.value} ({node.supervisor.reason}); "
+                         f"{t['ticks']} ticks, period p50 {t['period_p50_ms']:.2f} ms, "
+                         f"p99 {t['period_p99_ms']:.2f} ms, {t['missed']} missed")
     lines.append("  nodes: " + ", ".join(n.get_fully_qualified_name() for n in nodes))
     if skipped:
         lines.append("  left to `ros2 launch`: " + ", ".join(s.executable for s in skipped))
@@ -104,6 +115,25 @@ def report(cfg: BimanualConfig, sim: SimulatedArms, nodes: List[Node], skipped: 
     return "\n".join(lines)
 
 
+def engage_when_chunks_arrive(node: Node, cfg: BimanualConfig, watch: TopicWatch,
+                              stop: threading.Event, timeout_s: float = 120.0) -> None:
+    """Call ``/ate/engage`` once the policy publishes (warm-up can take a while on a CPU)."""
+    client = node.create_client(SetBool, cfg.topics.engage)
+    deadline = time.monotonic() + timeout_s
+    while not stop.is_set() and time.monotonic() < deadline:
+        if watch.counts[cfg.topics.action_chunk] > 0 and client.service_is_ready():
+            future = client.call_async(SetBool.Request(data=True))
+            while not future.done() and not stop.wait(0.05):
+                pass
+            result = future.result() if future.done() else None
+            if result is not None:
+                print(f"ate_bringup: engage: {result.message}", flush=True)
+                if result.success:
+                    return
+        stop.wait(0.2)
+    print("ate_bringup: not engaged (no chunks from the policy)", file=sys.stderr, flush=True)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="ate_bringup", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -112,6 +142,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="seconds to run before reporting (0: until Ctrl-C)")
     parser.add_argument("--domain-id", type=int, default=None,
                         help="ROS_DOMAIN_ID (default: the environment's)")
+    parser.add_argument("--checkpoint", default="",
+                        help="policy checkpoint: also run the inference node on it")
+    parser.add_argument("--engage", action="store_true",
+                        help="hand control to the policy once it is publishing chunks")
     args = parser.parse_args(argv)
     try:
         cfg = load_config(args.config)
@@ -124,14 +158,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    specs, skipped = in_process(robot_graph(cfg, args.config, urdf_xml="", sim=True))
+    specs, skipped = in_process(robot_graph(cfg, args.config, urdf_xml="", sim=True,
+                                            checkpoint=args.checkpoint))
     with SimulatedArms(cfg) as sim, NodeHost(domain_id=args.domain_id, name="bringup") as host:
         nodes = start_nodes(host, specs)
-        topics = ["/joint_states"] + [f"/{side}_arm/{cfg.topics.arm_joint_states}"
-                                      for side, _ in cfg.arms.items()]
-        watch = TopicWatch(host.node("bringup_status"), topics)
+        topics: Dict[str, type] = {"/joint_states": JointState}
+        topics.update({f"/{side}_arm/{cfg.topics.arm_joint_states}": JointState
+                       for side, _ in cfg.arms.items()})
+        topics.update({f"{cfg.topics.cameras}/{name}/camera_info": CameraInfo for name in cfg.cameras})
+        topics[cfg.topics.action_chunk] = JointTrajectory
+        topics.update({f"/{side}_arm/{cfg.topics.arm_command}": JointState
+                       for side, _ in cfg.arms.items()})
+        status_node = host.node("bringup_status")
+        watch = TopicWatch(status_node, topics)
         started = time.monotonic()
-        stop.wait(args.duration if args.duration > 0 else None)
+        if args.engage:
+            engage_when_chunks_arrive(status_node, cfg, watch, stop)
+        stop.wait(max(0.0, args.duration - (time.monotonic() - started))
+                  if args.duration > 0 else None)
         print(report(cfg, sim, nodes, skipped, watch, time.monotonic() - started), flush=True)
     return 0
 

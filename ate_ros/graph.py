@@ -47,11 +47,12 @@ class EmulatorSpec:
 
 
 def robot_graph(cfg: BimanualConfig, config_file: str, urdf_xml: Optional[str] = None,
-                sim: bool = False) -> List[NodeSpec]:
+                sim: bool = False, checkpoint: str = "") -> List[NodeSpec]:
     """Every node of the bimanual robot, in start order.
 
     The supervisor comes last and starts idle: nothing moves until ``/ate/engage``. The inference
-    node runs only when the config names a checkpoint (``inference.checkpoint``).
+    node runs only when a checkpoint is named: ``checkpoint`` (the launch argument), else the
+    config's ``inference.checkpoint``.
     """
     specs: List[NodeSpec] = [
         NodeSpec("arm_node", "arm_driver", namespace=f"/{side}_arm",
@@ -63,9 +64,11 @@ def robot_graph(cfg: BimanualConfig, config_file: str, urdf_xml: Optional[str] =
     specs += [NodeSpec("camera_node", f"{name}_camera",
                        parameters={"config_file": config_file, "camera": name, "sim": sim})
               for name in cfg.cameras]
-    if cfg.inference.checkpoint:
-        specs.append(NodeSpec("inference_node", "inference",
-                              parameters={"config_file": config_file}))
+    if checkpoint or cfg.inference.checkpoint:
+        params: Dict[str, object] = {"config_file": config_file}
+        if checkpoint:
+            params["inference.checkpoint"] = checkpoint
+        specs.append(NodeSpec("inference_node", "inference", parameters=params))
     specs.append(NodeSpec("supervisor_node", "supervisor", parameters={"config_file": config_file}))
     if urdf_xml is not None:
         specs.append(NodeSpec("robot_state_publisher", "robot_state_publisher",

@@ -45,7 +45,11 @@ def test_run_script_brings_up_the_emulated_robot_and_reports(tmp_path):
         assert re.search(rf"arm driver {side}\s+link ready", out), out
         rate = float(re.search(rf"/{side}_arm/joint_states\s+([\d.]+) Hz", out).group(1))
         assert rate > 100, out  # 200 Hz push; the window includes start-up
-    assert re.search(r"left\s+TCP at \(\+0\.310, \+0\.300, \+0\.215\) m in base_link, measured", out), out
+    assert re.search(r"left\s+TCP at \(\+0\.315, \+0\.300, \+0\.095\) m in base_link, measured", out), out
+    for camera in ("head", "left_wrist", "right_wrist"):  # simulated cameras at 30 Hz
+        assert float(re.search(rf"/cameras/{camera}/camera_info\s+([\d.]+) Hz", out).group(1)) > 15, out
+    assert re.search(r"supervisor idle \(not engaged\)", out), out  # nothing moves until engaged
+    assert float(re.search(r"/left_arm/command\s+([\d.]+) Hz", out).group(1)) == 0.0, out
 
 
 def test_bringup_rejects_a_bad_config_with_a_clear_error(tmp_path):

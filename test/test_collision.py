@@ -10,10 +10,10 @@ from hypothesis import strategies as st
 from ate_core.config import load_config
 from ate_core.robot.collision import (CapsuleModel, LinkChain, arm_points, arm_segments,
                                       capsule_clearance_m, segment_distance)
-from ate_core.robot.from_config import layout_from_config
+from ate_core.robot.layout import default_bimanual_layout
 
 CFG = load_config("config/bimanual.yaml")
-LAYOUT = layout_from_config(CFG)
+LAYOUT = default_bimanual_layout()  # flange = TCP: the bare arm chain
 LEFT, RIGHT = LAYOUT.arms
 HOME = np.array(CFG.arms.left.home_rad)
 RADIUS = CFG.supervisor.safety.link_radius_m

@@ -352,7 +352,7 @@ def test_a_start_outside_the_box_may_move_back_in_but_not_further_out():
 
 
 def test_a_start_inside_the_minimum_clearance_may_move_apart_but_not_closer():
-    start = pose(left=[-1.0, 1.2, 0.0, 0.3, 0.0, 0.5, 0.0])
+    start = pose(left=[-1.0, 1.2, 0.0, 0.3, 0.0, 1.0, 0.0])
     before = clearance(start)
     assert before < SAFETY.min_arm_distance_m
     closer = start.copy()

@@ -10,5 +10,6 @@ from ate_core.robot.models import arm_model
 def layout_from_config(cfg: BimanualConfig) -> BimanualLayout:
     return BimanualLayout(tuple(
         ArmPlacement(side, arm_model(arm.model), MountPose(arm.mount.xyz_m, arm.mount.rpy_rad),
+                     MountPose(arm.tcp.xyz_m, arm.tcp.rpy_rad),
                      joint_name_overrides=arm.joint_names, gripper_joint_name=arm.gripper_joint)
         for side, arm in cfg.arms.items()))
