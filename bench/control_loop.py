@@ -5,7 +5,8 @@ camera capture -> command, on the simulated robot as ``ros2 launch ... sim:=true
         [--json out.json] [--png out.png]
 
 Separate processes, as the launch file starts them: one RealMan controller emulator per arm
-(with ``--log``), both arm drivers (``arm_nodes``), the joint-state aggregator, the three
+(with ``--log``), both arm drivers (``arm_nodes``), the joint-state aggregator (unless
+``--no-aggregator``; it feeds RViz, not the control path), the three
 simulated cameras (``camera_nodes``, 640x480 at 30 Hz), the inference node, the supervisor and
 this bench's node. The policy is the shipped one (the ``policy`` section of
 ``config/train_flow.yaml``: flow, three cameras at 224x224, resnet18 encoder) with random
@@ -311,8 +312,8 @@ def tick_results(sup0: Dict[str, str], sup1: Dict[str, str], stamps_ns: List[int
 
 def estop_trials(probe: Probe, logs: Dict[str, LogTail], n: int) -> dict:
     latencies: List[float] = []
-    timeouts = 0
-    for _ in range(n):
+    timeouts: List[dict] = []
+    for trial in range(n):
         for tail in logs.values():
             tail.skip()
         first: Dict[str, float] = {}
@@ -331,7 +332,9 @@ def estop_trials(probe: Probe, logs: Dict[str, LogTail], n: int) -> dict:
             latencies.append(max(first.values()) - t0)
         except RuntimeError:
             probe.procs.check_alive()
-            timeouts += 1
+            timeouts.append({"trial": trial, "answered": future.done(),
+                             "stopped": {side: first[side] - t0 for side in first},
+                             "not_stopped": [side for side in logs if side not in first]})
         if not future.done() or not future.result().success:
             raise RuntimeError(f"/ate/estop did not succeed: "
                                f"{future.result().message if future.done() else 'no answer'}")
@@ -339,8 +342,8 @@ def estop_trials(probe: Probe, logs: Dict[str, LogTail], n: int) -> dict:
         probe.engage()
         settle = time.monotonic()
         probe.spin_until(lambda: time.monotonic() - settle >= ESTOP_SETTLE_S, 5.0, "the ramp")
-    return {"trials": n, "timeouts": timeouts, "latencies_ms": [t * 1e3 for t in latencies],
-            **summary_ms(latencies)}
+    return {"trials": n, "timeouts": len(timeouts), "timed_out": timeouts,
+            "latencies_ms": [t * 1e3 for t in latencies], **summary_ms(latencies)}
 
 
 def run(args: argparse.Namespace, cfg: Any, procs: Processes, probe: Probe,
@@ -391,6 +394,10 @@ def run(args: argparse.Namespace, cfg: Any, procs: Processes, probe: Probe,
                                "obs_to_chunk_received": summary_ms([p[2] for p in paths]),
                                "chunk_received_to_command": summary_ms([p[3] for p in paths])},
         "cpu_percent": cpu_percent,
+        # Machine-wide busy time not spent in the processes above: other work on the machine
+        # (and kernel time not charged to a process), which the numbers above compete with.
+        "cpu_other_percent": cpu_percent["machine"] * (os.cpu_count() or 1)
+        - sum(v for k, v in cpu_percent.items() if k != "machine"),
     }
     results["estop"] = estop_trials(probe, logs, args.estops) if args.estops > 0 else {}
     periods_ms = [(b - a) * 1e-6 for a, b in zip(probe.command_stamps_ns, probe.command_stamps_ns[1:])]
@@ -458,12 +465,17 @@ def print_results(head: dict, results: dict) -> None:
               f"{e['trials']} trials ({e['timeouts']} timed out)"
               f"\n                                             p50     p99     max (ms)"
               f"\n  {'call -> both controllers stopped':<39}{fmt((e['p50_ms'], e['p99_ms'], e['max_ms']))}")
+        for t in e["timed_out"]:
+            print(f"  trial {t['trial']}: no set_arm_stop within {ESTOP_TIMEOUT_S:g} s at "
+                  f"{', '.join(t['not_stopped'])} (service answered: {t['answered']}; see the "
+                  f"supervisor's and arm nodes' output)")
 
     cpu = results["cpu_percent"]
-    print("\nCPU during the run, % of one core")
+    print(f"\nCPU during the run, % of one core ({os.cpu_count()} cores)")
     for name, value in cpu.items():
         label = "machine (% of all cores)" if name == "machine" else name
         print(f"  {label:<26}{value:7.1f}")
+    print(f"  {'anything else (% of one)':<26}{results['cpu_other_percent']:7.1f}")
 
     print("\ngoals")
     for text, value, unit, ok in goals(results):
@@ -510,7 +522,8 @@ def plot(path: str, results: dict) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def start_processes(procs: Processes, cfg: Any, config: str, logs: Dict[str, str]) -> None:
+def start_processes(procs: Processes, cfg: Any, config: str, logs: Dict[str, str],
+                    aggregator: bool = True) -> None:
     from ate_ros.graph import sim_controllers
 
     py = sys.executable
@@ -520,7 +533,8 @@ def start_processes(procs: Processes, cfg: Any, config: str, logs: Dict[str, str
     params = ["--ros-args", "-p", f"config_file:={config}"]
     sim = [*params, "-p", "sim:=true"]
     procs.start("arm_nodes", [py, "-c", "from ate_ros.nodes.arm_node import main_both; main_both()", *sim])
-    procs.start("joint_state_aggregator", [py, "-m", "ate_ros.nodes.joint_state_aggregator", *params])
+    if aggregator:
+        procs.start("joint_state_aggregator", [py, "-m", "ate_ros.nodes.joint_state_aggregator", *params])
     procs.start("camera_nodes", [py, "-c", "from ate_ros.nodes.camera_node import main_all; main_all()",
                                  *sim])
     procs.start("inference", [py, "-m", "ate_ros.nodes.inference_node", *params])
@@ -534,6 +548,9 @@ def main() -> int:
     parser.add_argument("--torch-threads", type=int, default=1, help="inference.torch_threads")
     parser.add_argument("--startup-timeout", type=float, default=300.0,
                         help="seconds to wait for the inference node to be ready")
+    parser.add_argument("--no-aggregator", action="store_true",
+                        help="leave out the joint-state aggregator (RViz's /joint_states, not on "
+                             "the control path)")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--png", help="also draw the tick periods and capture -> command latencies")
     parser.add_argument("--domain-id", type=int, default=random.randint(1, 100))
@@ -566,7 +583,7 @@ def main() -> int:
     rclpy.init(signal_handler_options=SignalHandlerOptions.NO)  # Ctrl-C: KeyboardInterrupt
     probe, error, results = Probe(cfg, procs), None, None
     try:
-        start_processes(procs, cfg, config, log_paths)
+        start_processes(procs, cfg, config, log_paths, aggregator=not args.no_aggregator)
         results = run(args, cfg, procs, probe, {s: LogTail(p) for s, p in log_paths.items()})
     except RuntimeError as e:
         error = str(e)
@@ -582,8 +599,11 @@ def main() -> int:
                   file=sys.stderr)
         print(f"control_loop: failed; process output and emulator logs are in {tmp}", file=sys.stderr)
         return 1
-    shutil.rmtree(tmp, ignore_errors=True)
     assert results is not None
+    if results["estop"].get("timeouts"):
+        print(f"control_loop: e-stop trials timed out; process output and emulator logs kept in {tmp}")
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
     results["exit_codes"] = exits
     results["goals"] = [{"goal": t, "value": v, "unit": u, "pass": ok} for t, v, u, ok in goals(results)]
     print_results(head, results)

@@ -230,3 +230,79 @@ def test_dangerous_chunks_never_produce_an_unsafe_command_over_dds(ros):
             previous = q
         rules = {rule for (rule, _), n in sup.counts.items() if n}
         assert {"joint_limit", "arm_distance", "workspace", "velocity"} <= rules, rules
+
+
+def _at_rest(inbox, last: int = 10) -> bool:
+    tail = np.array([m.position for m in inbox.messages[-last:]])
+    return len(tail) == last and np.ptp(tail, axis=0).max() == 0.0
+
+
+def test_a_silent_policy_makes_the_arms_hold(ros):
+    with emulated_arms(ros) as rig:
+        node = ros.start(SupervisorNode, config=no_cameras(rig.cfg, ramp_s=0.1))
+        sender = ChunkSender(ros, node)
+        names = node.supervisor.joint_names
+        diags = ros.subscribe(DiagnosticArray, "/diagnostics")
+        commands = ros.subscribe(JointState, "/left_arm/command")
+        engage(ros)
+        start = measured_vector(rig, names)
+        goal = start + 0.5 * np.isin(np.arange(16), [0, 8])
+        for _ in range(3):  # chunks that would keep moving for 2 s, then the policy goes silent
+            sender.send(measured_vector(rig, names), goal, points=60)
+            time.sleep(0.1)
+        ros.wait_for(lambda: latest_diag(diags).get("count.stale_chunk.policy") == "1", 4.0,
+                     "the stale-chunk watchdog")
+        ros.wait_for(lambda: _at_rest(commands), 2.0, "the left arm held at rest")
+        assert latest_diag(diags)["mode"] == "engaged" and latest_diag(diags)["holding"] == "True"
+
+
+def test_a_silent_camera_makes_the_arms_hold(ros):
+    from sensor_msgs.msg import CameraInfo
+    from rclpy.qos import qos_profile_sensor_data
+
+    with emulated_arms(ros) as rig:
+        cfg = dataclasses.replace(no_cameras(rig.cfg, ramp_s=0.1),
+                                  cameras={"head": rig.cfg.cameras["head"]})
+        node = ros.start(SupervisorNode, config=cfg)
+        sender = ChunkSender(ros, node)
+        names = node.supervisor.joint_names
+        camera = ros.publisher(CameraInfo, "/cameras/head/camera_info", qos_profile_sensor_data)
+        ros.wait_for_subscribers(camera)
+        diags = ros.subscribe(DiagnosticArray, "/diagnostics")
+        commands = ros.subscribe(JointState, "/right_arm/command")
+        for _ in range(5):
+            camera.publish(CameraInfo())
+            time.sleep(0.03)
+        engage(ros)
+        start = measured_vector(rig, names)
+        goal = start + 0.5 * np.isin(np.arange(16), [0, 8])
+        for _ in range(5):  # camera and policy alive
+            camera.publish(CameraInfo())
+            sender.send(measured_vector(rig, names), goal, points=60)
+            time.sleep(0.05)
+        assert latest_diag(diags).get("count.stale_camera.head") is None
+        for _ in range(10):  # the camera goes silent, the policy carries on
+            sender.send(measured_vector(rig, names), goal, points=60)
+            time.sleep(0.1)
+        assert latest_diag(diags).get("count.stale_camera.head") == "1"
+        assert _at_rest(commands)
+
+
+def test_a_stale_joint_state_makes_the_arms_hold(ros):
+    with emulated_arms(ros) as rig:
+        node = ros.start(SupervisorNode, config=no_cameras(rig.cfg, ramp_s=0.1))
+        sender = ChunkSender(ros, node)
+        names = node.supervisor.joint_names
+        commands = ros.subscribe(JointState, "/left_arm/command")
+        engage(ros)
+        start = measured_vector(rig, names)
+        goal = start + 0.5 * np.isin(np.arange(16), [0, 8])
+        sender.send(start, goal, points=60)
+        time.sleep(0.2)
+        rig.emulators["right"].pause_push()  # the right arm's state stops, not for long
+        time.sleep(0.4)
+        counts = dict(node.supervisor.counts)
+        assert counts.get(("stale_joint_state", "right")) == 1
+        assert counts.get(("lost_controller", "right")) is None
+        assert _at_rest(commands)  # the other arm holds too: both follow one plan
+        rig.emulators["right"].resume_push()
