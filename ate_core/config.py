@@ -265,6 +265,8 @@ class InferenceConfig:
     action_period_s: float = checked(0.0, check=_in_range(0.0, 1.0),
                                      doc="time between chunk points (0: the checkpoint's fps)")
     torch_threads: int = checked(2, check=_in_range(1, 256))
+    nice: int = checked(10, check=_in_range(0, 19),
+                        doc="the worker's niceness: the model yields the CPU to the control loop")
     warmup_runs: int = checked(2, check=_in_range(0, 100))
     joint_state_max_age_s: float = checked(0.05, check=_in_range(0.001, 10.0))
     guidance: bool = False
@@ -337,6 +339,8 @@ class SupervisorConfig:
     """The only commander of the arms: control rate, ramps, executor, safety, watchdogs."""
 
     rate_hz: float = checked(100.0, check=_in_range(1.0, 1000.0))
+    realtime_priority: int = checked(50, check=_in_range(0, 99),
+                                     doc="SCHED_FIFO priority of the control loop (0: normal)")
     ramp_s: float = checked(1.0, check=_in_range(0.0, 30.0), doc="engage / re-engage ramp")
     dry_run: bool = False
     executor: ExecutorConfig = ExecutorConfig()

@@ -23,6 +23,10 @@ from rclpy.node import Node
 
 N = TypeVar("N", bound=Node)
 
+#: How long a thread woken by I/O may wait for the GIL (Python's default is 5 ms: half a
+#: control period). Lower means a little more switching overhead for much shorter tails.
+GIL_SWITCH_INTERVAL_S = 0.0005
+
 
 class NodeHost:
     def __init__(self, domain_id: Optional[int] = None, name: str = "ate") -> None:
@@ -95,6 +99,11 @@ def spin_nodes(nodes: List[Node]) -> None:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        # On SIGINT rclpy shuts the context down under the executor; a take that was under way
+        # then fails inside rclpy. That is the shutdown, not an error; anything else is.
+        if rclpy.ok():
+            raise
     finally:
         for node in nodes:
             node.destroy_node()

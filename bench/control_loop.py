@@ -1,14 +1,14 @@
-"""The control path under load: supervisor tick timing, e-stop latency, inference latency and
-camera capture -> command, on the simulated robot as ``ros2 launch ... sim:=true`` runs it.
+"""The control path under load: supervisor ticks, e-stop, inference, capture -> command.
+
+Measured on the simulated robot as ``ros2 launch ate_ros bimanual.launch.py sim:=true`` runs it.
 
     .venv/bin/python bench/control_loop.py [--seconds 30] [--estops 20] [--torch-threads 1]
         [--json out.json] [--png out.png]
 
 Separate processes, as the launch file starts them: one RealMan controller emulator per arm
-(with ``--log``), both arm drivers (``arm_nodes``), the joint-state aggregator (unless
-``--no-aggregator``; it feeds RViz, not the control path), the three
-simulated cameras (``camera_nodes``, 640x480 at 30 Hz), the inference node, the supervisor and
-this bench's node. The policy is the shipped one (the ``policy`` section of
+(with ``--log``), both arm drivers (``arm_nodes``), the joint-state aggregator (it feeds RViz,
+not the control path; ``--no-aggregator`` leaves it out), the three simulated cameras
+(``camera_nodes``, 640x480 at 30 Hz), the inference node, the supervisor and this bench's node. The policy is the shipped one (the ``policy`` section of
 ``config/train_flow.yaml``: flow, three cameras at 224x224, resnet18 encoder) with random
 weights and the normalisation statistics of a small synthetic rm75_bimanual data set recorded
 at 30 Hz, so chunk points are 1/30 s apart. It runs on the CPU with ``--torch-threads``.
@@ -40,7 +40,15 @@ What each number is:
   computed just before the chunk arrived; either shifts the figure by at most one tick.
 - E-stop: ``time.monotonic()`` just before calling ``/ate/estop`` to the emulator's receive
   time (``mono_s`` in its log, also CLOCK_MONOTONIC) of the first ``set_arm_stop`` after it, the
-  later of the two arms. Each trial then re-arms, engages and waits ``ESTOP_SETTLE_S``.
+  later of the two arms. Each trial then re-arms, engages and waits ``ESTOP_SETTLE_S``. A
+  controller that receives no ``set_arm_stop`` within ``ESTOP_TIMEOUT_S`` makes the trial time
+  out (and the goal fail); the processes' output and the emulator logs are then kept.
+- Counted during the run and during the trials: the arm nodes' reconnects (a controller whose
+  state pushes stopped for longer than the driver's state timeout) and commands sent, refused
+  and rejected, and the supervisor's faults and interventions by rule and arm, each the
+  difference of the counters in their ``/diagnostics`` reports.
+- CPU: of each process and of the whole machine over the run; "anything else" is the machine's
+  busy time outside these processes, which should be near 0 for numbers worth quoting.
 """
 
 from __future__ import annotations
@@ -346,16 +354,44 @@ def estop_trials(probe: Probe, logs: Dict[str, LogTail], n: int) -> dict:
             "latencies_ms": [t * 1e3 for t in latencies], **summary_ms(latencies)}
 
 
+def arm_status(diag: Dict[str, Dict[str, str]], side: str) -> Dict[str, str]:
+    """An arm node's report (named ``left_arm: RealMan RM75-B``)."""
+    return next((v for k, v in diag.items() if k.startswith(f"{side}_arm:")), {})
+
+
+def counters(before: Dict[str, Dict[str, str]], after: Dict[str, Dict[str, str]]) -> dict:
+    """What the supervisor and the arm nodes counted between two sets of reports: the
+    supervisor's faults and interventions by rule and arm, each arm's reconnects and commands."""
+    def delta(b: Dict[str, str], a: Dict[str, str], key: str) -> int:
+        return int(_float(a, key) - (_float(b, key) if key in b else 0.0))
+
+    sup0, sup1 = before.get("supervisor", {}), after.get("supervisor", {})
+    out: dict = {"supervisor": {k[6:]: delta(sup0, sup1, k) for k in sup1 if k.startswith("count.")}}
+    out["supervisor"] = {k: v for k, v in out["supervisor"].items() if v}
+    for side in SIDES:
+        a0, a1 = arm_status(before, side), arm_status(after, side)
+        out[side] = {k: delta(a0, a1, k) for k in a1
+                     if k in ("reconnects", "commands_sent", "commands_refused")
+                     or k.startswith(("rejected.", "faults."))}
+    return out
+
+
+def reports_after(probe: Probe, mark: float, what: str) -> Dict[str, Dict[str, str]]:
+    names = ("supervisor", "inference")
+    probe.spin_until(lambda: all(probe.fresh(n, mark) for n in names)
+                     and all(any(k.startswith(f"{s}_arm:") and probe.fresh(k, mark) for k in probe.diag)
+                             for s in SIDES), 5.0, what)
+    return {k: dict(v) for k, v in probe.diag.items()}
+
+
 def run(args: argparse.Namespace, cfg: Any, procs: Processes, probe: Probe,
         logs: Dict[str, LogTail]) -> dict:
     probe.spin_until(lambda: probe.diag.get("inference", {}).get("ready") == "true",
                      args.startup_timeout, "the inference node to load the policy and warm up")
     probe.spin_until(lambda: "supervisor" in probe.diag, 10.0, "the supervisor's diagnostics")
     probe.engage()
-    mark = time.monotonic()
-    probe.spin_until(lambda: probe.fresh("supervisor", mark), 5.0, "a supervisor report")
-    sup0 = dict(probe.diag["supervisor"])
-    inf0 = dict(probe.diag["inference"])
+    diag0 = reports_after(probe, time.monotonic(), "the first reports after engage")
+    sup0, inf0 = diag0["supervisor"], diag0["inference"]
 
     cpu = CpuMeter({**{name: p.pid for name, p in procs.procs.items()}, "bench": os.getpid()})
     cpu.start()
@@ -365,20 +401,20 @@ def run(args: argparse.Namespace, cfg: Any, procs: Processes, probe: Probe,
                      step_s=0.01)
     probe.recording = False
     cpu_percent = cpu.percent()
-    mark = time.monotonic()
-    probe.spin_until(lambda: probe.fresh("supervisor", mark) and probe.fresh("inference", mark),
-                     5.0, "the last supervisor and inference reports")
-    sup1, inf1 = dict(probe.diag["supervisor"]), dict(probe.diag["inference"])
+    diag1 = reports_after(probe, time.monotonic(), "the reports after the run")
+    sup1, inf1 = diag1["supervisor"], diag1["inference"]
 
     period_s = 1.0 / cfg.supervisor.rate_hz
     paths = probe.paths
     results: dict = {
         "seconds": args.seconds,
         "torch_threads": args.torch_threads,
+        "inference_nice": args.inference_nice,
+        "aggregator": not args.no_aggregator,
         "tick": tick_results(sup0, sup1, probe.command_stamps_ns, period_s),
         "supervisor_end": {"mode": sup1.get("mode"), "reason": sup1.get("reason"),
-                           "chunks_added": sup1.get("chunks_added"),
-                           "interventions": {k: v for k, v in sup1.items() if k.startswith("count.")}},
+                           "chunks_added": sup1.get("chunks_added")},
+        "counted_during_run": counters(diag0, diag1),
         "inference": {"latency_p50_ms": _float(inf1, "latency_p50_ms"),
                       "latency_p99_ms": _float(inf1, "latency_p99_ms"),
                       "chunks_total": int(_float(inf1, "chunks")),
@@ -399,7 +435,12 @@ def run(args: argparse.Namespace, cfg: Any, procs: Processes, probe: Probe,
         "cpu_other_percent": cpu_percent["machine"] * (os.cpu_count() or 1)
         - sum(v for k, v in cpu_percent.items() if k != "machine"),
     }
-    results["estop"] = estop_trials(probe, logs, args.estops) if args.estops > 0 else {}
+    if args.estops > 0:
+        results["estop"] = estop_trials(probe, logs, args.estops)
+        diag2 = reports_after(probe, time.monotonic(), "the reports after the e-stop trials")
+        results["estop"]["counted"] = counters(diag1, diag2)
+    else:
+        results["estop"] = {}
     periods_ms = [(b - a) * 1e-6 for a, b in zip(probe.command_stamps_ns, probe.command_stamps_ns[1:])]
     results["_tick_periods_ms"] = periods_ms  # for the plot only; not written to the JSON
     return results
@@ -422,6 +463,18 @@ def goals(results: dict) -> List[Tuple[str, float, str, bool]]:
 # Reporting
 
 
+def print_counted(title: str, counted: dict) -> None:
+    print(title)
+    for side in SIDES:
+        c = counted[side]
+        other = ", ".join(f"{k} {v}" for k, v in c.items() if v and k.startswith(("rejected.", "faults.")))
+        print(f"    {side} arm node: {c.get('reconnects', 0)} reconnects, commands sent "
+              f"{c.get('commands_sent', 0)}, refused {c.get('commands_refused', 0)}"
+              + (f"; {other}" if other else ""))
+    sup = ", ".join(f"{k} {v}" for k, v in counted["supervisor"].items()) or "none"
+    print(f"    supervisor faults and interventions (rule.arm): {sup}")
+
+
 def print_results(head: dict, results: dict) -> None:
     print_header(head)
     tick, sup, cmd = results["tick"], results["tick"]["supervisor"], results["tick"]["command_stamps"]
@@ -437,8 +490,11 @@ def print_results(head: dict, results: dict) -> None:
           f"{sup['run_missed_pct']:.2f} % missed; its percentiles: its window)")
 
     inf = results["inference"]
+    print_counted("  counted during the run:", results["counted_during_run"])
+
+    nice = f", nice {results['inference_nice']}" if results["inference_nice"] else ""
     print(f"\ninference: flow policy (config/train_flow.yaml), 3 cameras 224x224, CPU, "
-          f"{results['torch_threads']} torch thread{'s' if results['torch_threads'] > 1 else ''}"
+          f"{results['torch_threads']} torch thread{'s' if results['torch_threads'] > 1 else ''}{nice}"
           f"\n  chunks published during the run {inf['chunks_run']} "
           f"({inf['chunks_run'] / results['seconds']:.2f}/s), received here {inf['chunks_received']}, "
           f"errors {inf['errors']}, rejected {inf['rejected']}"
@@ -465,6 +521,7 @@ def print_results(head: dict, results: dict) -> None:
               f"{e['trials']} trials ({e['timeouts']} timed out)"
               f"\n                                             p50     p99     max (ms)"
               f"\n  {'call -> both controllers stopped':<39}{fmt((e['p50_ms'], e['p99_ms'], e['max_ms']))}")
+        print_counted("  counted during the trials:", e["counted"])
         for t in e["timed_out"]:
             print(f"  trial {t['trial']}: no set_arm_stop within {ESTOP_TIMEOUT_S:g} s at "
                   f"{', '.join(t['not_stopped'])} (service answered: {t['answered']}; see the "
@@ -523,7 +580,7 @@ def plot(path: str, results: dict) -> None:
 
 
 def start_processes(procs: Processes, cfg: Any, config: str, logs: Dict[str, str],
-                    aggregator: bool = True) -> None:
+                    aggregator: bool = True, inference_nice: int = 0) -> None:
     from ate_ros.graph import sim_controllers
 
     py = sys.executable
@@ -537,7 +594,8 @@ def start_processes(procs: Processes, cfg: Any, config: str, logs: Dict[str, str
         procs.start("joint_state_aggregator", [py, "-m", "ate_ros.nodes.joint_state_aggregator", *params])
     procs.start("camera_nodes", [py, "-c", "from ate_ros.nodes.camera_node import main_all; main_all()",
                                  *sim])
-    procs.start("inference", [py, "-m", "ate_ros.nodes.inference_node", *params])
+    niced = ["nice", "-n", str(inference_nice)] if inference_nice else []
+    procs.start("inference", [*niced, py, "-m", "ate_ros.nodes.inference_node", *params])
     procs.start("supervisor", [py, "-m", "ate_ros.nodes.supervisor_node", *params])
 
 
@@ -551,6 +609,9 @@ def main() -> int:
     parser.add_argument("--no-aggregator", action="store_true",
                         help="leave out the joint-state aggregator (RViz's /joint_states, not on "
                              "the control path)")
+    parser.add_argument("--inference-nice", type=int, default=0, choices=range(0, 20),
+                        metavar="0-19", help="start the inference node under `nice -n N` (an "
+                        "experiment: the deployment runs it at the default priority)")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--png", help="also draw the tick periods and capture -> command latencies")
     parser.add_argument("--domain-id", type=int, default=random.randint(1, 100))
@@ -583,7 +644,8 @@ def main() -> int:
     rclpy.init(signal_handler_options=SignalHandlerOptions.NO)  # Ctrl-C: KeyboardInterrupt
     probe, error, results = Probe(cfg, procs), None, None
     try:
-        start_processes(procs, cfg, config, log_paths, aggregator=not args.no_aggregator)
+        start_processes(procs, cfg, config, log_paths, aggregator=not args.no_aggregator,
+                        inference_nice=args.inference_nice)
         results = run(args, cfg, procs, probe, {s: LogTail(p) for s, p in log_paths.items()})
     except RuntimeError as e:
         error = str(e)

@@ -16,7 +16,9 @@ Modes::
   (a smoothstep blend, so the ramp starts and ends at zero velocity), through the safety filter.
   A hold fault (stale joint state, chunk or camera) switches the target to the previous command,
   which the filter's acceleration cap turns into a deceleration to rest; when the fault clears,
-  the ramp restarts from the last command, so resuming never jumps either.
+  the ramp restarts from the last command, so resuming never jumps either. After a stale joint
+  state it restarts from the *measured* state instead: the arm's driver may have lost its link
+  and stopped the arm short of our command, and it accepts commands only near where the arm is.
 - *disengaging*: the same deceleration to rest; once every joint is at rest, idle.
 - *estopped*: latched. Every tick commands the position measured when the e-stop came, and the
   controllers are told to stop. This deliberately bypasses the filter's rate caps: the arm is
@@ -111,6 +113,7 @@ class Supervisor:
         self._estop_hold: Optional[np.ndarray] = None
         self._active_faults: Tuple[Fault, ...] = ()
         self._pending_stop: Tuple[str, ...] = ()
+        self._resync = False
 
     # ---- inputs ---------------------------------------------------------------------------------
 
@@ -170,6 +173,7 @@ class Supervisor:
             return Answer(False, f"cannot engage: {why}")
         start = measured if self.mode is Mode.IDLE else self._previous
         self._start_ramp(start, now_ns, reset_velocity=self.mode is Mode.IDLE)
+        self._resync = False
         self.mode = Mode.ENGAGED
         self.reason = "engaged"
         self.watchdogs.engaged(now_ns)
@@ -252,13 +256,21 @@ class Supervisor:
             return TickOutput(now_ns, self.mode, None, None, False, faults, (), stop)
 
         holds = self.mode is Mode.DISENGAGING or any(f.reaction == HOLD for f in faults)
+        if any(f.rule == "stale_joint_state" for f in faults):
+            self._resync = True
         target = None if holds else self.executor.target_at(now_ns)
         if target is None:
             target = self._previous
             if self.mode is Mode.ENGAGED:
                 holds = True
         else:
-            if self._ramp_from is None:  # resuming after a hold: ramp from where we are
+            if self._resync:
+                # The arm went unheard: its driver may have lost the link and stopped it short
+                # of our last command, and accepts commands again only near where it is. Resume
+                # from the measured state, as an engage does.
+                self._resync = False
+                self._start_ramp(self.measured(), now_ns, reset_velocity=True)
+            elif self._ramp_from is None:  # resuming after a hold: ramp from where we are
                 self._start_ramp(self._previous, now_ns, reset_velocity=False)
             w = smoothstep((now_ns - self._ramp_start_ns) * 1e-9 / self.config.ramp_s) \
                 if self.config.ramp_s > 0 else 1.0

@@ -113,6 +113,7 @@ class RealManArm:
         self._gripper_target: Optional[float] = None
         self._gripper_sent: Optional[int] = None
         self._busy = ""
+        self._stop_pending = False
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._threads = [
@@ -234,11 +235,20 @@ class RealManArm:
         return self._call("gripper pick", lambda a: a.rm_set_gripper_pick(500, 200, False, 0))
 
     def stop_motion(self) -> int:
-        """Immediate stop (``set_arm_stop``): the controller drops its target and halts."""
-        return self._call("stop", lambda a: a.rm_set_arm_stop())
+        """Immediate stop (``set_arm_stop``): the controller drops its target and halts.
+
+        Sent whenever a connection exists, even while the link counts as lost or not yet
+        ready: a link declared lost after a stall of this process may still reach the
+        controller, and an e-stop must never be skipped because of what we last concluded.
+        """
+        rc = self._call("stop", lambda a: a.rm_set_arm_stop(), require_ready=False)
+        if rc != 0:
+            # No connection right now: the stop goes out first thing after the reconnect.
+            self._stop_pending = True
+        return rc
 
     def slow_stop(self) -> int:
-        return self._call("slow stop", lambda a: a.rm_set_arm_slow_stop())
+        return self._call("slow stop", lambda a: a.rm_set_arm_slow_stop(), require_ready=False)
 
     def move_home(self, q_rad: Sequence[float], speed_percent: int = 20,
                   timeout_s: float = 60.0, tolerance_rad: float = 1e-4) -> int:
@@ -288,10 +298,10 @@ class RealManArm:
             time.sleep(0.005)
         return -4
 
-    def _call(self, what: str, fn: Callable[[SdkArm], int]) -> int:
+    def _call(self, what: str, fn: Callable[[SdkArm], int], require_ready: bool = True) -> int:
         with self._request_lock:
             arm = self._arm
-            if arm is None or self._link is not Link.READY:
+            if arm is None or (require_ready and self._link is not Link.READY):
                 return -1
             rc = fn(arm)
         if rc == -1:
@@ -336,6 +346,8 @@ class RealManArm:
             self._set_link(Link.LOST, f"model mismatch: controller at {self.cfg.ip} has "
                                       f"{arm.arm_dof} joints, config says {self.cfg.model}")
             return False
+        if self._stop_pending and arm.rm_set_arm_stop() == 0:
+            self._stop_pending = False
         limits = self._read_limits(arm)
         push = rm_realtime_push_config_t(
             cycle=self.cfg.push_cycle, enable=True, port=self.cfg.udp_port, force_coordinate=-1,

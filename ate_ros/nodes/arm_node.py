@@ -6,7 +6,7 @@ Services (std_srvs/Trigger): ``stop`` (immediate), ``slow_stop`` (decelerate), `
 
 Runs in the arm's namespace (``/left_arm``, ``/right_arm``). Joint states are published from
 the controller's realtime push as it arrives (200 Hz), joints in rad plus the gripper opening
-in metres. Every command goes through ``ate_core.runtime.arm_command.CommandChecker``;
+in metres, and only while the link is ready (so their silence means "not commandable"). Every command goes through ``ate_core.runtime.arm_command.CommandChecker``;
 a rejected command is counted by rule, logged with its reason and never sent. Both arms can
 share one process (``arm_nodes``), which is also how the in-process bringup runs them.
 """
@@ -101,6 +101,10 @@ class ArmNode(Node):
         # Called on the SDK's UDP thread; publishing is thread-safe in rclpy.
         if state.gripper_opening_m is None or not self._alive():
             return  # the first gripper reading comes within ms of connecting
+        if self.driver.link is not Link.READY:
+            # Pushes may go on while the command link is down; a state published then would
+            # tell the supervisor this arm can be commanded. Silence makes its watchdog hold.
+            return
         msg = sample_to_joint_state(JointSample(
             self._names, (*state.positions_rad, state.gripper_opening_m),
             (*state.velocities_rad_s, 0.0), self.get_clock().now().nanoseconds))

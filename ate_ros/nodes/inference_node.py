@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import sys
+import os
 import threading
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -111,6 +112,7 @@ class InferenceNode(Node):
         self._task = icfg.task
         self._period_s = icfg.period_s
         self._warmup_runs = icfg.warmup_runs
+        self._nice = icfg.nice
 
         self._state_lock = threading.Lock()
         self._phase = "warming up"  # -> running | failed
@@ -166,6 +168,13 @@ class InferenceNode(Node):
         return not self._stop.is_set() and self.context.ok()
 
     def _work(self) -> None:
+        if self._nice > 0:
+            # Only this thread (and the intra-op threads it starts) yields: on a shared CPU the
+            # model waits for the supervisor's tick and the drivers, never the other way round.
+            try:
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self._nice)
+            except OSError as e:
+                self.get_logger().warning(f"inference worker keeps its priority: {e}")
         self._publish_diagnostics()
         try:
             for _ in range(self._warmup_runs):

@@ -17,6 +17,8 @@ instead; everything else (including the e-stop's controller stop) is live.
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 from collections import deque
@@ -38,7 +40,7 @@ from ate_core.runtime.supervisor import Mode, Supervisor, TickOutput
 from ate_ros.chunk_msgs import trajectory_to_chunk
 from ate_ros.conversions import ns_to_stamp
 from ate_ros.diagnostics import ERROR, OK, WARN, diagnostic_array, diagnostic_status
-from ate_ros.node_host import spin_nodes
+from ate_ros.node_host import GIL_SWITCH_INTERVAL_S, spin_nodes
 from ate_ros.params import declare_config
 
 
@@ -84,6 +86,7 @@ class SupervisorNode(Node):
         self._lock = threading.Lock()
         self._period_ns = int(round(1e9 / cfg.supervisor.rate_hz))
         self.timing = TickTiming(self._period_ns)
+        self.realtime = False
         self._last_stamp_ns = 0
         self._last_output: Optional[TickOutput] = None
         self._last_rejection = ""
@@ -109,6 +112,11 @@ class SupervisorNode(Node):
         self.create_service(SetBool, cfg.topics.engage, self._srv_engage)
         self.create_timer(1.0, self._publish_diagnostics)
 
+        # A thread waking from sleep waits for the GIL until the running thread yields it, by
+        # default up to 5 ms: as long as half a control period. The executor thread handles
+        # 400 joint states a second, so the tick would wake late by that much; a 0.5 ms switch
+        # interval bounds the wait (process-wide, at the cost of a little switching overhead).
+        sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_INTERVAL_S))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="supervisor-tick", daemon=True)
         self._thread.start()
@@ -156,6 +164,7 @@ class SupervisorNode(Node):
     # ---- the control loop -----------------------------------------------------------------------
 
     def _loop(self) -> None:
+        self.realtime = self._raise_priority(self.cfg.supervisor.realtime_priority)
         deadline = time.monotonic_ns()
         while not self._stop.is_set():
             deadline += self._period_ns
@@ -168,7 +177,27 @@ class SupervisorNode(Node):
             self.timing.record(time.monotonic_ns())
             if not self.context.ok():
                 break
-            self.tick()
+            try:
+                self.tick()
+            except Exception:
+                if self.context.ok():
+                    raise
+                break  # Ctrl-C shut the context down under this tick: nothing left to command
+
+    def _raise_priority(self, priority: int) -> bool:
+        """SCHED_FIFO for this thread, as ros2_control's controller manager does for its loop:
+        a woken tick then preempts the model, the cameras and the DDS threads at once."""
+        if priority <= 0:
+            return False
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))  # 0: this thread
+        except (PermissionError, OSError, AttributeError) as e:
+            self.get_logger().warning(
+                f"control loop at normal priority: SCHED_FIFO {priority} refused ({e}); allow it "
+                f"with an rtprio limit (e.g. '@realtime - rtprio 99' in "
+                f"/etc/security/limits.conf, as for ros2_control)")
+            return False
+        return True
 
     def tick(self) -> TickOutput:
         with self._lock:
@@ -249,6 +278,7 @@ class SupervisorNode(Node):
             level, message = OK, reason
         timing = self.timing.summary()
         values = {"mode": mode.value, "reason": reason, "dry_run": self.dry_run,
+                  "realtime": self.realtime,
                   "holding": bool(out.holding) if out is not None else False,
                   "rate_hz": self.cfg.supervisor.rate_hz,
                   **{f"tick.{k}": (f"{v:.3f}" if isinstance(v, float) else v)
