@@ -96,6 +96,10 @@ def repo() -> Path:
 @pytest.fixture
 def ros() -> Iterator[RosHarness]:
     """A running executor in a fresh context and domain; closed and checked after the test."""
+    # Whatever earlier tests allocated (a training run leaves a large heap) would make the next
+    # full collection pause every thread for 100+ ms: a silent controller to the arm drivers.
+    gc.collect()
+    gc.freeze()
     harness = RosHarness(domain_id=next_domain_id())
     try:
         yield harness
