@@ -109,6 +109,17 @@ def ros() -> Iterator[RosHarness]:
 
 
 @pytest.fixture(autouse=True)
+def torch_one_thread() -> Iterator[None]:
+    """Every test starts with one torch thread, whatever an earlier test set (a policy runner
+    sets the configured count): two OpenMP threads on two shared cores spin against each other."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
 def no_leaked_threads() -> Iterator[None]:
     """Every Python thread a test starts must be gone shortly after it ends."""
     before = set(threading.enumerate())

@@ -18,14 +18,6 @@ from ate_core.align.modeling_vae import ActionChunkVAE, Posterior
 SMALL = VAEConfig(horizon=8, latent_dim=32, num_layers=2, ff_size=64, num_heads=2)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def samples(seed: int, n: int = 512, d: int = 8, shift: float = 0.0):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, d, generator=g) + shift, torch.randn(n, d, generator=g)

@@ -33,14 +33,6 @@ VAE = {"horizon": 8, "latent_dim": 32, "num_layers": 2, "ff_size": 64, "num_head
 STEPS = 150
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Dict[str, Path]:
     base = tmp_path_factory.mktemp("align_data")

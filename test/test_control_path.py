@@ -8,7 +8,6 @@ import time
 
 import numpy as np
 import pytest
-import torch
 from sensor_msgs.msg import JointState
 from std_srvs.srv import SetBool
 from trajectory_msgs.msg import JointTrajectory
@@ -21,14 +20,6 @@ from ate_ros.nodes.supervisor_node import SupervisorNode
 from arm_rig import SIDES, emulated_arms
 from test_policy_runner import make_data, train_tiny_policy
 from test_supervisor_node import engage
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

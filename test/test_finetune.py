@@ -38,15 +38,6 @@ DIFFUSION = {"type": "diffusion", "horizon": HORIZON, "n_obs_steps": 2, "n_actio
 FINETUNE_STEPS = 3
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Two OpenMP threads on two shared cores spin against each other; one is faster and steadier.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def save_tiny_vae(directory: Path, data_root: Path, *, horizon: int = HORIZON, stage: str = "ada",
                   seed: int = 0) -> Path:
     """An untrained adaptation VAE whose normalisation is the fine-tuning data's (what ate_align

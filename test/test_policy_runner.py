@@ -69,14 +69,6 @@ def save_tiny_vae(directory: Path, data: Path, seed: int = 0) -> Path:
                     action_space=default_action_space(), embodiments=["rm75_bimanual"])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory) -> Dict[str, Path]:
     base = tmp_path_factory.mktemp("runner")

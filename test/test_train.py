@@ -30,15 +30,6 @@ DIFFUSION = {"type": "diffusion", "horizon": 8, "n_obs_steps": 2, "n_action_step
              "num_inference_steps": 4}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Two OpenMP threads on two shared cores spin against each other; one is faster and steadier.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Dict[str, Path]:
     base = tmp_path_factory.mktemp("data")

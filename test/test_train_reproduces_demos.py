@@ -52,14 +52,6 @@ MAX_ERROR_RAD = 0.02
 MAX_ERROR_VS_BASELINE = 0.2
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # two threads on two shared cores spin against each other
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def demos(tmp_path_factory) -> Path:
     return generate_synthetic_dataset(tmp_path_factory.mktemp("demos") / "reach", n_episodes=EPISODES, length=LENGTH,
