@@ -252,7 +252,10 @@ def test_latent_stats_are_the_posterior_averages_whatever_the_batch_size() -> No
     dist = torch.cdist(stats.bank_mean.flatten(1).double(), mean.flatten(1))
     assert float(dist.min(1).values.max()) < 1e-5
     again = compute_latent_stats(vae, chunks, batch_size=13, noise_level=0.0, bank_size=5, seed=0)
-    assert torch.allclose(again.mean, stats.mean, atol=1e-6) and torch.equal(again.bank_mean, stats.bank_mean)
+    # The same posteriors, whatever the batch size: the bank picks the same rows, and their
+    # values agree to float precision (a GEMM's kernel, and its rounding, depends on the batch).
+    assert torch.allclose(again.mean, stats.mean, atol=1e-6)
+    assert torch.allclose(again.bank_mean, stats.bank_mean, atol=1e-6, rtol=0)
     # noise changes the summary, and is seeded
     noisy = compute_latent_stats(vae, chunks, batch_size=4, noise_level=0.2, bank_size=5, seed=0)
     noisy2 = compute_latent_stats(vae, chunks, batch_size=4, noise_level=0.2, bank_size=5, seed=0)
