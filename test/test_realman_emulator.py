@@ -361,6 +361,25 @@ def test_dropped_connection_makes_sdk_calls_fail():
         assert rig.arm.rm_movej_canfd([0.0] * 7, False) == -1  # the SDK knows the socket is dead
 
 
+def test_arms_of_dropped_controllers_are_deleted_without_silencing_the_other_arms():
+    """The SDK's one reply thread exits when its ``select`` fails; closing a dropped
+    controller's socket while that thread polls it used to end every reply in the process."""
+    with connected() as rig:
+        ip, push = next_loopback_ip(), free_udp_port()
+        for i in range(40):
+            dropped = RealManEmulator(ip=ip, tcp_port=0, push_port=push).start()
+            arm = sdk_arm()
+            assert arm.rm_create_robot_arm(ip, dropped.tcp_port).id != -1
+            fd = arm.connection_fd
+            assert fd is not None
+            with socket.socket(fileno=os.dup(fd)) as sock:
+                assert sock.getpeername() == (ip, dropped.tcp_port)
+            dropped.stop()
+            time.sleep(0.02)  # the reply thread now polls a socket at end-of-file
+            arm.rm_delete_robot_arm()
+            assert rig.arm.rm_get_joint_degree()[0] == 0, f"no replies after {i + 1} drops"
+
+
 def test_paused_push_stops_callbacks_and_resume_restarts_them():
     with connected() as rig:
         assert wait_for(lambda: len(rig.pushes) > 10)

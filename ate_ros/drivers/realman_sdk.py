@@ -16,6 +16,15 @@ The SDK has process-level state that every arm shares, so it lives here once:
   therefore runs with asynchronous signals blocked in the calling thread (:class:`SdkArm`);
   the threads the SDK starts inherit that mask and never see a signal. Python runs its handlers
   in the main thread between bytecodes anyway, so a deferred signal only waits for the call.
+- One SDK thread receives the replies of every arm: it builds an fd set of the arms' sockets
+  and ``select``s on it, and it *exits for good* when ``select`` fails with anything but
+  EINTR. A controller that drops leaves its socket at end-of-file, which that thread then polls
+  every millisecond; closing the socket (``rm_delete_robot_arm``) races with the next
+  ``select``, and a lost race (EBADF) ends every reply of every arm in the process: each later
+  call returns -2 until the process restarts (seen after 9 to 28 reconnects to a killed
+  emulator). :class:`SdkArm` therefore remembers its connection's descriptor and, before
+  deleting the handle, atomically points that descriptor at a socket that never becomes
+  readable (``dup2``), so the thread is parked in ``select`` when the SDK closes it.
 """
 
 from __future__ import annotations
@@ -23,11 +32,14 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import os
 import signal
 import socket
+import stat
 import threading
+import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
 
 from Robotic_Arm.rm_robot_interface import (
     RoboticArm, rm_realtime_arm_state_callback_ptr, rm_thread_mode_e,
@@ -68,12 +80,15 @@ def signals_deferred() -> Iterator[None]:
 
 
 class SdkArm:
-    """A ``RoboticArm`` whose every method runs inside :func:`signals_deferred`."""
+    """A ``RoboticArm`` whose every method runs inside :func:`signals_deferred`, and whose
+    connection is parked before the SDK closes it (see the module docstring)."""
 
-    __slots__ = ("_arm",)
+    __slots__ = ("_arm", "_connection")
 
     def __init__(self, arm: RoboticArm) -> None:
         self._arm = arm
+        #: (descriptor, socket inode) of the TCP connection to the controller, once connected.
+        self._connection: Optional[Tuple[int, int]] = None
 
     def __getattr__(self, name: str) -> Any:
         value = getattr(self._arm, name)
@@ -85,6 +100,75 @@ class SdkArm:
             with signals_deferred():
                 return value(*args, **kwargs)
         return deferred
+
+    @property
+    def connection_fd(self) -> Optional[int]:
+        """The descriptor of the connection to the controller (None before connecting, or
+        where it could not be told apart)."""
+        return self._connection[0] if self._connection is not None else None
+
+    def rm_create_robot_arm(self, ip: str, port: int, level: int = 3) -> Any:
+        before = _socket_inodes()
+        with signals_deferred():
+            handle = self._arm.rm_create_robot_arm(ip, port, level=level)
+        self._connection = _connection_to(ip, port, before) if handle.id != -1 else None
+        return handle
+
+    def rm_delete_robot_arm(self) -> int:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            _park(*connection)
+        with signals_deferred():
+            return self._arm.rm_delete_robot_arm()
+
+
+#: Long enough for the SDK's receive thread to finish a pass over a readable socket and enter
+#: ``select`` again with the parked one (it sleeps 1 ms after reading end-of-file).
+_PARK_SETTLE_S = 0.005
+
+
+def _socket_inodes() -> Dict[int, int]:
+    """This process's socket descriptors and their inodes."""
+    found = {}
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            st = os.fstat(int(name))
+        except (OSError, ValueError):
+            continue  # closed meanwhile, or the listing's own descriptor
+        if stat.S_ISSOCK(st.st_mode):
+            found[int(name)] = st.st_ino
+    return found
+
+
+def _connection_to(ip: str, port: int, before: Dict[int, int]) -> Optional[Tuple[int, int]]:
+    """The one socket opened since ``before`` that is connected to ``ip:port``, if exactly one."""
+    matches = []
+    for fd, inode in _socket_inodes().items():
+        if before.get(fd) == inode:
+            continue
+        try:
+            probe = socket.socket(fileno=os.dup(fd))  # a duplicate: closing it leaves fd alone
+        except OSError:
+            continue
+        with probe:
+            try:
+                if probe.type == socket.SOCK_STREAM and probe.getpeername() == (ip, port):
+                    matches.append((fd, inode))
+            except OSError:
+                pass
+    return matches[0] if len(matches) == 1 else None
+
+
+def _park(fd: int, inode: int) -> None:
+    """Point ``fd`` at a socket that never becomes readable, if it is still our connection."""
+    try:
+        if os.fstat(fd).st_ino != inode:
+            return  # not the SDK's socket any more: leave it alone
+    except OSError:
+        return
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as quiet:  # unbound: never readable
+        os.dup2(quiet.fileno(), fd, inheritable=False)
+    time.sleep(_PARK_SETTLE_S)
 
 
 class _Sdk:
