@@ -43,8 +43,9 @@ What each number is:
   later of the two arms. Each trial then re-arms, engages and waits ``ESTOP_SETTLE_S``. A
   controller that receives no ``set_arm_stop`` within ``ESTOP_TIMEOUT_S`` makes the trial time
   out (and the goal fail); the processes' output and the emulator logs are then kept.
-- Counted during the run and during the trials: the arm nodes' reconnects (a controller whose
-  state pushes stopped for longer than the driver's state timeout) and commands sent, refused
+- Counted during the run and during the trials: the arm nodes' stale periods (state pushes
+  late by more than the driver's state timeout: commands wait for fresh state), reconnects
+  (a broken link, or pushes silent for the link timeout) and commands sent, refused
   and rejected, and the supervisor's faults and interventions by rule and arm, each the
   difference of the counters in their ``/diagnostics`` reports.
 - CPU: of each process and of the whole machine over the run; "anything else" is the machine's
@@ -371,7 +372,7 @@ def counters(before: Dict[str, Dict[str, str]], after: Dict[str, Dict[str, str]]
     for side in SIDES:
         a0, a1 = arm_status(before, side), arm_status(after, side)
         out[side] = {k: delta(a0, a1, k) for k in a1
-                     if k in ("reconnects", "commands_sent", "commands_refused")
+                     if k in ("reconnects", "stale_periods", "commands_sent", "commands_refused")
                      or k.startswith(("rejected.", "faults."))}
     return out
 
@@ -468,7 +469,8 @@ def print_counted(title: str, counted: dict) -> None:
     for side in SIDES:
         c = counted[side]
         other = ", ".join(f"{k} {v}" for k, v in c.items() if v and k.startswith(("rejected.", "faults.")))
-        print(f"    {side} arm node: {c.get('reconnects', 0)} reconnects, commands sent "
+        print(f"    {side} arm node: {c.get('reconnects', 0)} reconnects, "
+              f"{c.get('stale_periods', 0)} stale periods, commands sent "
               f"{c.get('commands_sent', 0)}, refused {c.get('commands_refused', 0)}"
               + (f"; {other}" if other else ""))
     sup = ", ".join(f"{k} {v}" for k, v in counted["supervisor"].items()) or "none"

@@ -17,6 +17,7 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool
 from std_srvs.srv import Trigger
 
+from ate_ros.drivers.realman_arm import Link
 from ate_ros.nodes.arm_node import ArmNode
 from ate_ros.sim.realman_emulator import RealManEmulator
 from conftest import free_port, next_loopback_ip, sdk_push_port
@@ -139,6 +140,44 @@ def test_controller_errors_and_slow_stop_show_on_diagnostics_and_the_arm(ros):
         assert dict((kv.key, kv.value) for kv in status.values)["link"] == "ready"
         assert ros.call(Trigger, "/left_arm/slow_stop").success
         assert rig.emulators["left"].commands("set_arm_slow_stop")
+
+
+def test_a_short_push_silence_stops_commands_and_resumes_without_a_reconnect(ros):
+    with emulated_arms(ros, sides=("left",)) as rig:
+        diagnostics = ros.subscribe(DiagnosticArray, "/diagnostics")
+        pub = ros.publisher(JointState, "/left_arm/command")
+        ros.wait_for_subscribers(pub)
+        node, emulator = rig.nodes["left"], rig.emulators["left"]
+        names, q = rig.cfg.arms.left.joint_names, measured(rig, "left")
+        emulator.pause_push()
+        ros.wait_for(lambda: node.driver.link is Link.STALE, 1.0, "the link stale")
+        ros.wait_for(lambda: any(s.level == DiagnosticStatus.ERROR and "silent" in s.message
+                                 for s in _diagnostics_for(diagnostics, "left")), 2.0,
+                     "the silence on /diagnostics")
+        emulator.clear_commands()
+        rig.states["left"].clear()
+        for _ in range(20):  # 0.2 s of commands into the silence: none may reach the arm
+            pub.publish(command_msg(names, q))
+            time.sleep(0.01)
+        assert emulator.commands("movej_canfd") == []
+        assert len(rig.states["left"]) == 0  # not commandable, so no joint states either
+        emulator.resume_push()
+        ros.wait_for(lambda: node.driver.link is Link.READY, 1.0, "the link ready again")
+        assert node.driver.stats.reconnects == 0 and node.driver.stats.stale_periods >= 1
+        pub.publish(command_msg(names, q))
+        ros.wait_for(lambda: len(emulator.commands("movej_canfd")) == 1, 2.0,
+                     "a command after the silence")
+
+
+def test_a_silence_past_the_link_timeout_reconnects(ros):
+    with emulated_arms(ros, sides=("left",)) as rig:
+        node, emulator = rig.nodes["left"], rig.emulators["left"]
+        emulator.pause_push()
+        ros.wait_for(lambda: node.driver.link is Link.LOST, 3.0, "the link lost")
+        assert "link timeout" in node.driver.stats.last_fault
+        emulator.resume_push()
+        ros.wait_for(lambda: node.driver.link is Link.READY and node.driver.stats.reconnects >= 1,
+                     10.0, "reconnected")
 
 
 def test_gripper_services_and_gripper_commands_work_end_to_end(ros):

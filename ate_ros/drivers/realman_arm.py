@@ -1,16 +1,24 @@
 """One RealMan arm through RealMan's SDK: state in, joint targets and gripper commands out.
 
-Connection handling is the point of this class. A controller that stops pushing state, or a
-TCP link the SDK reports broken, turns the link ``lost`` at once: streaming stops (``stream``
-refuses), the fault is reported, and a worker reconnects with backoff. After a reconnect the
-link is ``ready`` only once a push newer than the reconnect has arrived, so whoever commands
-the arm resumes from freshly measured state.
+Connection handling is the point of this class. The link is
+
+- ``ready``: connected, and state pushes arrive;
+- ``stale``: connected, but no push for longer than the state timeout (50 ms). Streaming stops
+  (``stream`` refuses), the silence is reported, and the next push makes the link ``ready``
+  again. A loaded robot PC delays pushes for tens of milliseconds (the SDK's thread waits for
+  the CPU and for Python), so a short silence must stop commands but not cost a reconnect;
+- ``lost``: the SDK reports the TCP link broken, or the controller stayed silent for the link
+  timeout (1 s). A worker reconnects with backoff, and the link is ``ready`` only once a push
+  newer than the reconnect has arrived.
+
+Whoever commands the arm resumes from freshly measured state after any of these.
 
 Threads: the SDK's UDP thread calls ``_on_push`` (conversion + hand-over only); one worker
 (``realman-<name>``) connects, reconnects, polls and commands the gripper; one watchdog
-(``realman-<name>-watchdog``) turns a silent controller into ``lost`` within the state
-timeout. ``stream`` is called by the commanding thread and never blocks on the network
-(``movej_canfd`` expects no reply). ``move_home`` blocks its caller for the whole move.
+(``realman-<name>-watchdog``) turns a silent controller into ``stale`` within the state
+timeout and into ``lost`` after the link timeout. ``stream`` is called by the commanding
+thread and never blocks on the network (``movej_canfd`` expects no reply). ``move_home``
+blocks its caller for the whole move.
 
 The SDK matches replies to requests by name out of one queue per connection, and two
 request/reply calls in flight on one handle disturb each other (a blocking ``movej`` that
@@ -51,6 +59,7 @@ STATUS_SLOW_STOP = 10
 class Link(str, Enum):
     CONNECTING = "connecting"
     READY = "ready"
+    STALE = "stale"
     LOST = "lost"
     CLOSED = "closed"
 
@@ -72,6 +81,7 @@ class DriverStats:
     commands_sent: int = 0
     commands_refused: int = 0
     reconnects: int = 0
+    stale_periods: int = 0
     reply_timeouts: int = 0
     gripper_commands: int = 0
     last_fault: str = ""
@@ -83,6 +93,7 @@ class RealManArm:
                  on_state: Optional[Callable[[ArmState], None]] = None,
                  on_link: Optional[Callable[[Link, str], None]] = None,
                  state_timeout_s: float = 0.05,
+                 link_timeout_s: float = 1.0,
                  backoff_s: Tuple[float, float] = (0.1, 2.0),
                  gripper_poll_s: float = 0.1,
                  gripper_max_opening_m: float = GRIPPER_MAX_OPENING_M,
@@ -92,7 +103,11 @@ class RealManArm:
         self.model = arm_model(cfg.model)
         self._on_state = on_state
         self._on_link = on_link
+        if not 0 < state_timeout_s < link_timeout_s:
+            raise ValueError(f"state timeout {state_timeout_s} s must be positive and shorter "
+                             f"than the link timeout {link_timeout_s} s")
         self._state_timeout_ns = int(state_timeout_s * 1e9)
+        self._link_timeout_ns = int(link_timeout_s * 1e9)
         self._backoff_s = backoff_s
         self._gripper_poll_s = gripper_poll_s
         self._gripper_max_m = gripper_max_opening_m
@@ -175,27 +190,41 @@ class RealManArm:
             return
         state = ArmState(push.positions_rad, push.velocities_rad_s, self._gripper_m,
                          push.errors, push.status_code, now)
-        self._state = state
+        previous, self._state = self._state, state
+        if self._link is Link.STALE:
+            silent_ms = (now - previous.received_mono_ns) / 1e6 if previous else float("nan")
+            self._set_link(Link.READY, f"state pushes resumed after {silent_ms:.0f} ms",
+                           only_from=(Link.STALE,))
         if self._on_state is not None:
             self._on_state(state)
 
-    def _set_link(self, link: Link, reason: str) -> None:
+    def _set_link(self, link: Link, reason: str,
+                  only_from: Tuple[Link, ...] = (Link.CONNECTING, Link.READY, Link.STALE,
+                                                 Link.LOST)) -> None:
+        """Change the link, unless it is already ``link`` or not in ``only_from`` (checked
+        under the lock: the watchdog, the worker and the SDK's thread all change it)."""
         with self._lock:
-            if self._link is link or self._link is Link.CLOSED:
+            if self._link is link or self._link not in only_from:
                 return
             self._link = link
             self._link_since_ns = time.monotonic_ns()
-            if link is Link.LOST:
+            if link in (Link.LOST, Link.STALE):
                 self.stats.last_fault = reason
                 key = reason.split(":")[0]
                 self.stats.faults[key] = self.stats.faults.get(key, 0) + 1
+            if link is Link.STALE:
+                self.stats.stale_periods += 1
         self._wake.set()
         if self._on_link is not None:
             self._on_link(link, reason)
 
     def _fault(self, reason: str) -> None:
-        if self._link is Link.READY:
-            self._set_link(Link.LOST, reason)
+        """The link is broken: reconnect."""
+        self._set_link(Link.LOST, reason, only_from=(Link.READY, Link.STALE))
+
+    def _silent(self, reason: str) -> None:
+        """No fresh state: stop commanding until it comes back."""
+        self._set_link(Link.STALE, reason, only_from=(Link.READY,))
 
     # ---- commands ----------------------------------------------------------------------------
 
@@ -209,7 +238,7 @@ class RealManArm:
         if state is None or time.monotonic_ns() - state.received_mono_ns > self._state_timeout_ns:
             # Do not command an arm whose state we no longer see (the watchdog reports it).
             self.stats.commands_refused += 1
-            self._fault("state timeout: no state push while streaming")
+            self._silent("state timeout: no state push while streaming")
             return False
         with self._handle_lock:
             if self._arm is not arm:
@@ -283,7 +312,7 @@ class RealManArm:
         deadline = time.monotonic() + timeout_s
         moving = False
         while time.monotonic() < deadline:
-            if self._link is not Link.READY:
+            if self._link not in (Link.READY, Link.STALE):
                 return -1
             state = self._state
             if state is not None and state.received_mono_ns > started_ns:
@@ -316,7 +345,7 @@ class RealManArm:
         backoff = self._backoff_s[0]
         next_poll = 0.0
         while not self._stop.is_set():
-            if self._link is not Link.READY:
+            if self._link in (Link.CONNECTING, Link.LOST):
                 if self._connect():
                     backoff = self._backoff_s[0]
                     continue
@@ -365,7 +394,8 @@ class RealManArm:
             state = self._state
             if state is not None and state.received_mono_ns > connected:
                 self._poll_gripper()
-                self._set_link(Link.READY, f"connected to {self.cfg.ip}:{self.cfg.tcp_port}")
+                self._set_link(Link.READY, f"connected to {self.cfg.ip}:{self.cfg.tcp_port}",
+                               only_from=(Link.CONNECTING, Link.LOST))
                 return True
             time.sleep(0.002)
         self._arm = None
@@ -424,12 +454,16 @@ class RealManArm:
     def _watch(self) -> None:
         period = min(0.005, self._state_timeout_ns / 1e9 / 4)
         while not self._stop.wait(period):
-            if self._link is not Link.READY or self._state_age_ns() <= self._state_timeout_ns:
+            link = self._link
+            if link is Link.STALE and self._state_age_ns() > self._link_timeout_ns:
+                self._fault(f"link timeout: no state push for {self._state_age_ns() / 1e6:.0f} ms")
+                continue
+            if link is not Link.READY or self._state_age_ns() <= self._state_timeout_ns:
                 continue
             # After a pause of the whole process (a garbage collection, CPU load) this thread
             # may run before the SDK thread has delivered the pushes that queued up meanwhile:
             # give them one grace period before calling the controller silent.
             time.sleep(STALE_GRACE_S)
             age = self._state_age_ns()
-            if self._link is Link.READY and age > self._state_timeout_ns:
-                self._fault(f"state timeout: no state push for {age / 1e6:.0f} ms")
+            if age > self._state_timeout_ns:
+                self._silent(f"state timeout: no state push for {age / 1e6:.0f} ms")

@@ -123,7 +123,13 @@ class ArmNode(Node):
                                            d.limits, max_step_s=STREAM_GAP_S,
                                            gripper_max_opening_m=self._gripper_max_m)
             self._last_command = None  # resume only from freshly measured state
-            self.get_logger().info(f"{self.side} arm {reason}")
+            if reason.startswith("state pushes resumed"):  # may repeat on a loaded PC
+                self.get_logger().info(f"{self.side} arm {reason}", throttle_duration_sec=1.0)
+            else:
+                self.get_logger().info(f"{self.side} arm {reason}")
+        elif link is Link.STALE:
+            self.get_logger().warning(f"{self.side} arm state stale ({reason}); not commanding "
+                                      f"until it is fresh", throttle_duration_sec=1.0)
         elif link is Link.LOST:
             self.get_logger().error(f"{self.side} arm controller lost ({reason}); not commanding, "
                                     f"reconnecting")
@@ -212,6 +218,8 @@ class ArmNode(Node):
         errors = state.errors if state is not None else ()
         if d.link is Link.LOST:
             level, message = ERROR, f"controller lost: {d.stats.last_fault}"
+        elif d.link is Link.STALE:
+            level, message = ERROR, f"controller silent: {d.stats.last_fault}"
         elif d.link is not Link.READY:
             level, message = STALE, f"link {d.link.value}"
         elif errors:
@@ -225,7 +233,8 @@ class ArmNode(Node):
         values = {"link": d.link.value, "ip": f"{self.arm_cfg.ip}:{self.arm_cfg.tcp_port}",
                   "udp_port": self.arm_cfg.udp_port, "state_rate_hz": f"{rate:.1f}",
                   "commands_sent": d.stats.commands_sent, "commands_refused": d.stats.commands_refused,
-                  "reconnects": d.stats.reconnects, "last_fault": d.stats.last_fault,
+                  "reconnects": d.stats.reconnects, "stale_periods": d.stats.stale_periods,
+                  "last_fault": d.stats.last_fault,
                   "push_parse_errors": d.stats.push_parse_errors,
                   "gripper_commands": d.stats.gripper_commands,
                   **{f"faults.{kind}": n for kind, n in sorted(d.stats.faults.items())},
