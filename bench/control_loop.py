@@ -3,12 +3,13 @@
 Measured on the simulated robot as ``ros2 launch ate_ros bimanual.launch.py sim:=true`` runs it.
 
     .venv/bin/python bench/control_loop.py [--seconds 30] [--estops 20] [--torch-threads 1]
-        [--json out.json] [--png out.png]
+        [--arm-processes 2] [--keep] [--json out.json] [--png out.png]
 
 Separate processes, as the launch file starts them: one RealMan controller emulator per arm
-(with ``--log``), both arm drivers (``arm_nodes``), the joint-state aggregator (it feeds RViz,
-not the control path; ``--no-aggregator`` leaves it out), the three simulated cameras
-(``camera_nodes``, 640x480 at 30 Hz), the inference node, the supervisor and this bench's node. The policy is the shipped one (the ``policy`` section of
+(with ``--log``), one arm node per arm (``--arm-processes 1``: both in one process), the
+joint-state aggregator (it feeds RViz, not the control path; ``--no-aggregator`` leaves it
+out), the three simulated cameras (``camera_nodes``, 640x480 at 30 Hz), the inference node,
+the supervisor and this bench's node. The policy is the shipped one (the ``policy`` section of
 ``config/train_flow.yaml``: flow, three cameras at 224x224, resnet18 encoder) with random
 weights and the normalisation statistics of a small synthetic rm75_bimanual data set recorded
 at 30 Hz, so chunk points are 1/30 s apart. It runs on the CPU with ``--torch-threads``.
@@ -582,7 +583,7 @@ def plot(path: str, results: dict) -> None:
 
 
 def start_processes(procs: Processes, cfg: Any, config: str, logs: Dict[str, str],
-                    aggregator: bool = True, inference_nice: int = 0) -> None:
+                    aggregator: bool = True, inference_nice: int = 0, arm_processes: int = 2) -> None:
     from ate_ros.graph import sim_controllers
 
     py = sys.executable
@@ -591,7 +592,13 @@ def start_processes(procs: Processes, cfg: Any, config: str, logs: Dict[str, str
                                               "--log", logs[spec.side]])
     params = ["--ros-args", "-p", f"config_file:={config}"]
     sim = [*params, "-p", "sim:=true"]
-    procs.start("arm_nodes", [py, "-c", "from ate_ros.nodes.arm_node import main_both; main_both()", *sim])
+    if arm_processes == 1:
+        procs.start("arm_nodes", [py, "-c", "from ate_ros.nodes.arm_node import main_both; main_both()",
+                                  *sim])
+    else:
+        for side in SIDES:
+            procs.start(f"arm_node_{side}", [py, "-m", "ate_ros.nodes.arm_node", *sim,
+                                             "-r", f"__ns:=/{side}_arm", "-p", f"arm:={side}"])
     if aggregator:
         procs.start("joint_state_aggregator", [py, "-m", "ate_ros.nodes.joint_state_aggregator", *params])
     procs.start("camera_nodes", [py, "-c", "from ate_ros.nodes.camera_node import main_all; main_all()",
@@ -614,6 +621,11 @@ def main() -> int:
     parser.add_argument("--inference-nice", type=int, default=0, choices=range(0, 20),
                         metavar="0-19", help="start the inference node under `nice -n N` (an "
                         "experiment: the deployment runs it at the default priority)")
+    parser.add_argument("--arm-processes", type=int, choices=(1, 2), default=2,
+                        help="2: one arm node per arm, as the launch file runs them; 1: both in one "
+                             "process (arm_nodes, as the in-process bringup does)")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the processes' output and the emulator logs (the path is printed)")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--png", help="also draw the tick periods and capture -> command latencies")
     parser.add_argument("--domain-id", type=int, default=random.randint(1, 100))
@@ -647,7 +659,7 @@ def main() -> int:
     probe, error, results = Probe(cfg, procs), None, None
     try:
         start_processes(procs, cfg, config, log_paths, aggregator=not args.no_aggregator,
-                        inference_nice=args.inference_nice)
+                        inference_nice=args.inference_nice, arm_processes=args.arm_processes)
         results = run(args, cfg, procs, probe, {s: LogTail(p) for s, p in log_paths.items()})
     except RuntimeError as e:
         error = str(e)
@@ -664,8 +676,9 @@ def main() -> int:
         print(f"control_loop: failed; process output and emulator logs are in {tmp}", file=sys.stderr)
         return 1
     assert results is not None
-    if results["estop"].get("timeouts"):
-        print(f"control_loop: e-stop trials timed out; process output and emulator logs kept in {tmp}")
+    if results["estop"].get("timeouts") or args.keep:
+        why = "e-stop trials timed out; " if results["estop"].get("timeouts") else ""
+        print(f"control_loop: {why}process output and emulator logs kept in {tmp}")
     else:
         shutil.rmtree(tmp, ignore_errors=True)
     results["exit_codes"] = exits

@@ -199,6 +199,24 @@ def test_gripper_services_and_gripper_commands_work_end_to_end(ros):
         assert [c.payload["position"] for c in sent] == [500]
 
 
+def test_a_stop_right_after_a_gripper_command_is_not_held_up_by_it(ros):
+    """The SDK runs one request at a time for all arms of a process; a gripper command must
+    take no longer than the controller's acknowledgement, or a stop waits behind it."""
+    with emulated_arms(ros, sides=("left",)) as rig:
+        arm, emulator = rig.cfg.arms.left, rig.emulators["left"]
+        pub = ros.publisher(JointState, "/left_arm/command")
+        ros.wait_for_subscribers(pub)
+        q = measured(rig, "left")
+        for i, opening in enumerate((0.030, 0.050, 0.020)):
+            pub.publish(command_msg([*arm.joint_names, arm.gripper_joint], [*q, opening]))
+            ros.wait_for(lambda: len(emulator.commands("set_gripper_position")) == i + 1, 2.0,
+                         "the gripper command at the controller")
+            assert ros.call(Trigger, "/left_arm/stop").success
+            sent = emulator.commands("set_gripper_position")[-1].mono_s
+            stopped = emulator.commands("set_arm_stop")[-1].mono_s
+            assert stopped - sent < 0.2, f"the stop came {1000 * (stopped - sent):.0f} ms later"
+
+
 def test_home_moves_to_the_configured_pose_and_stop_halts_it(ros):
     with emulated_arms(ros, sides=("left",)) as rig:
         results = ros.subscribe(Bool, "/left_arm/home_result")

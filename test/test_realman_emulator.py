@@ -434,6 +434,24 @@ def test_unresponsive_controller_times_out_then_recovers():
         assert rig.arm.rm_get_current_arm_state()[0] == 0
 
 
+def test_an_unresponsive_controller_delays_the_other_arms_calls_but_not_their_state():
+    """The SDK runs one request/reply at a time per process, and a call left waiting inside it
+    stalls every arm's state pushes; SdkArm queues such calls outside the SDK instead."""
+    with connected() as slow, connected() as other:
+        slow.emulator.set_unresponsive(True)
+        timed_out = threading.Thread(target=slow.arm.rm_get_current_arm_state)
+        t0 = time.monotonic()
+        timed_out.start()
+        time.sleep(0.05)
+        assert other.arm.rm_set_arm_stop() == 0  # waits its turn...
+        waited = time.monotonic() - t0
+        timed_out.join()
+        pushes = [p.t for p in other.pushes_since(t0)]
+        assert waited > 0.3 and pushes[-1] > t0 + 0.3
+        # ...while the other arm's state kept coming at the push rate.
+        assert max(b - a for a, b in zip(pushes, pushes[1:])) < 0.05
+
+
 # ---- lifecycle, framing, command line -----------------------------------------------------------
 def test_stop_joins_every_thread_and_frees_the_port():
     before = set(emulator_threads())

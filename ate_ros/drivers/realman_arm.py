@@ -26,6 +26,12 @@ polls state while ``set_arm_stop`` waits for its answer returned "send failed", 
 process's SDK could then no longer connect). So every request/reply call of an arm is
 serialised by ``_request_lock``, and no call blocks for longer than one reply: the home move
 is a non-blocking ``movej`` whose end is read from the realtime state.
+
+The SDK also runs one request/reply call at a time for every arm of the process
+(``realman_sdk``): a call waits for any other arm's call in flight, up to that call's reply
+timeout. Hence no call may take longer than its reply (see ``GRIPPER_ACK``), and on the robot
+each arm runs in a process of its own, so that an unresponsive controller cannot delay the
+other arm's stop.
 """
 
 from __future__ import annotations
@@ -49,6 +55,11 @@ from ate_ros.drivers.realman_sdk import (
 
 #: How long a stale state is re-checked before the controller counts as silent.
 STALE_GRACE_S = 0.010
+
+#: Non-blocking gripper calls return on the controller's acknowledgement with timeout 1.
+#: With timeout 0 ("return once sent", say the SDK's docs) the SDK waits out its whole reply
+#: timeout (500 ms), and every request of every arm in the process, an e-stop too, waits with it.
+GRIPPER_ACK = 1
 
 #: arm_current_status values as the SDK reports them (rm_udp_arm_current_status_e).
 STATUS_MOVE_J = 2
@@ -258,10 +269,10 @@ class RealManArm:
         self._wake.set()
 
     def gripper_open(self) -> int:
-        return self._call("gripper release", lambda a: a.rm_set_gripper_release(500, False, 0))
+        return self._call("gripper release", lambda a: a.rm_set_gripper_release(500, False, GRIPPER_ACK))
 
     def gripper_close(self) -> int:
-        return self._call("gripper pick", lambda a: a.rm_set_gripper_pick(500, 200, False, 0))
+        return self._call("gripper pick", lambda a: a.rm_set_gripper_pick(500, 200, False, GRIPPER_ACK))
 
     def stop_motion(self) -> int:
         """Immediate stop (``set_arm_stop``): the controller drops its target and halts.
@@ -419,7 +430,7 @@ class RealManArm:
         wire = gripper_wire(target, self._gripper_max_m)
         if wire == self._gripper_sent:
             return
-        if self._call("gripper", lambda a: a.rm_set_gripper_position(wire, False, 0)) == 0:
+        if self._call("gripper", lambda a: a.rm_set_gripper_position(wire, False, GRIPPER_ACK)) == 0:
             self._gripper_sent = wire
             self.stats.gripper_commands += 1
 

@@ -25,6 +25,13 @@ The SDK has process-level state that every arm shares, so it lives here once:
   emulator). :class:`SdkArm` therefore remembers its connection's descriptor and, before
   deleting the handle, atomically points that descriptor at a socket that never becomes
   readable (``dup2``), so the thread is parked in ``select`` when the SDK closes it.
+- The SDK runs one request/reply call at a time for all arms of the process (connects too): a
+  call waits for any other arm's call in flight. While one call waits for another *inside*
+  the SDK, its UDP thread stops delivering state pushes, of every arm, until the first call
+  ends (up to its reply timeout: both arms went stale when one controller was slow to answer).
+  :class:`SdkArm` therefore queues request/reply calls on a process-wide lock of its own, so at
+  most one is inside the SDK; the calls that expect no reply (``*_canfd``, ``*_follow``) go
+  straight through.
 """
 
 from __future__ import annotations
@@ -79,9 +86,26 @@ def signals_deferred() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
+#: Calls that send and expect no reply: they never wait on another call.
+_SEND_ONLY = frozenset({"rm_movej_canfd", "rm_movep_canfd", "rm_movej_follow", "rm_movep_follow"})
+
+#: At most one request/reply call inside the SDK per process (see the module docstring).
+_REQUEST = threading.Lock()
+
+
+@contextlib.contextmanager
+def _sdk_call(name: str) -> Iterator[None]:
+    with contextlib.ExitStack() as stack:
+        if name not in _SEND_ONLY:
+            stack.enter_context(_REQUEST)
+        stack.enter_context(signals_deferred())
+        yield
+
+
 class SdkArm:
-    """A ``RoboticArm`` whose every method runs inside :func:`signals_deferred`, and whose
-    connection is parked before the SDK closes it (see the module docstring)."""
+    """A ``RoboticArm`` whose every method runs inside :func:`signals_deferred` and, unless
+    it expects no reply, alone in the SDK; its connection is parked before the SDK closes it
+    (see the module docstring)."""
 
     __slots__ = ("_arm", "_connection")
 
@@ -96,10 +120,10 @@ class SdkArm:
             return value
 
         @functools.wraps(value)
-        def deferred(*args: Any, **kwargs: Any) -> Any:
-            with signals_deferred():
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with _sdk_call(name):
                 return value(*args, **kwargs)
-        return deferred
+        return call
 
     @property
     def connection_fd(self) -> Optional[int]:
@@ -109,7 +133,7 @@ class SdkArm:
 
     def rm_create_robot_arm(self, ip: str, port: int, level: int = 3) -> Any:
         before = _socket_inodes()
-        with signals_deferred():
+        with _sdk_call("rm_create_robot_arm"):
             handle = self._arm.rm_create_robot_arm(ip, port, level=level)
         self._connection = _connection_to(ip, port, before) if handle.id != -1 else None
         return handle
@@ -118,7 +142,7 @@ class SdkArm:
         connection, self._connection = self._connection, None
         if connection is not None:
             _park(*connection)
-        with signals_deferred():
+        with _sdk_call("rm_delete_robot_arm"):
             return self._arm.rm_delete_robot_arm()
 
 
@@ -179,7 +203,7 @@ class _Sdk:
         self._callback = rm_realtime_arm_state_callback_ptr(self._on_push)
 
     def new_arm(self) -> SdkArm:
-        with self._lock, signals_deferred():
+        with self._lock, _sdk_call("rm_init"):
             if self._initialised:
                 return SdkArm(RoboticArm())
             arm = RoboticArm(rm_thread_mode_e.RM_TRIPLE_MODE_E)  # rm_init: starts the SDK's threads
