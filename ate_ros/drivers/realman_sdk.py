@@ -154,9 +154,13 @@ _PARK_SETTLE_S = 0.005
 
 
 def _socket_inodes() -> Dict[int, int]:
-    """This process's socket descriptors and their inodes."""
-    found = {}
-    for name in os.listdir("/proc/self/fd"):
+    """This process's socket descriptors and their inodes (none where /proc is missing)."""
+    found: Dict[int, int] = {}
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return found
+    for name in names:
         try:
             st = os.fstat(int(name))
         except (OSError, ValueError):
