@@ -269,10 +269,12 @@ class RealManArm:
         self._wake.set()
 
     def gripper_open(self) -> int:
-        return self._call("gripper release", lambda a: a.rm_set_gripper_release(500, False, GRIPPER_ACK))
+        return self._call("gripper release",
+                          lambda a: a.rm_set_gripper_release(500, False, GRIPPER_ACK))
 
     def gripper_close(self) -> int:
-        return self._call("gripper pick", lambda a: a.rm_set_gripper_pick(500, 200, False, GRIPPER_ACK))
+        return self._call("gripper pick",
+                          lambda a: a.rm_set_gripper_pick(500, 200, False, GRIPPER_ACK))
 
     def stop_motion(self) -> int:
         """Immediate stop (``set_arm_stop``): the controller drops its target and halts.
@@ -430,7 +432,8 @@ class RealManArm:
         wire = gripper_wire(target, self._gripper_max_m)
         if wire == self._gripper_sent:
             return
-        if self._call("gripper", lambda a: a.rm_set_gripper_position(wire, False, GRIPPER_ACK)) == 0:
+        if self._call("gripper",
+                      lambda a: a.rm_set_gripper_position(wire, False, GRIPPER_ACK)) == 0:
             self._gripper_sent = wire
             self.stats.gripper_commands += 1
 

@@ -28,12 +28,12 @@ The SDK has process-level state that every arm shares, so it lives here once:
 - The SDK runs one request/reply call at a time for all arms of the process: a call waits for
   any other arm's call in flight, connects included (a controller that does not answer the
   TCP connect holds every other arm's calls for the SDK's 3 s connect timeout; hence one arm
-  per process on the robot). While one call waits for another *inside*
-  the SDK, its UDP thread stops delivering state pushes, of every arm, until the first call
-  ends (up to its reply timeout: both arms went stale when one controller was slow to answer).
-  :class:`SdkArm` therefore queues request/reply calls on a process-wide lock of its own, so at
-  most one is inside the SDK; the calls that expect no reply (``*_canfd``, ``*_follow``) go
-  straight through.
+  per process on the robot). While one call waits for another *inside* the SDK, its UDP
+  thread stops delivering state pushes, of every arm, until the first call ends (up to its
+  reply timeout: both arms went stale when one controller was slow to answer). :class:`SdkArm`
+  therefore queues request/reply calls on a process-wide lock of its own, so at most one is
+  inside the SDK; the calls that expect no reply (``*_canfd``, ``*_follow``) go straight
+  through.
 """
 
 from __future__ import annotations

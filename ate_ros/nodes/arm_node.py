@@ -6,9 +6,12 @@ Services (std_srvs/Trigger): ``stop`` (immediate), ``slow_stop`` (decelerate), `
 
 Runs in the arm's namespace (``/left_arm``, ``/right_arm``). Joint states are published from
 the controller's realtime push as it arrives (200 Hz), joints in rad plus the gripper opening
-in metres, and only while the link is ready (so their silence means "not commandable"). Every command goes through ``ate_core.runtime.arm_command.CommandChecker``;
-a rejected command is counted by rule, logged with its reason and never sent. Both arms can
-share one process (``arm_nodes``), which is also how the in-process bringup runs them.
+in metres, and only while the link is ready (so their silence means "not commandable": the
+state is stale or the controller lost). Every command goes through
+``ate_core.runtime.arm_command.CommandChecker``; a rejected command is counted by rule, logged
+with its reason and never sent. Both arms can share one process (``arm_nodes``), as the
+in-process bringup runs them; the launch file gives each arm a process of its own, because
+RealMan's SDK runs one request at a time per process (``ate_ros.drivers.realman_sdk``).
 """
 
 from __future__ import annotations
