@@ -65,6 +65,7 @@ class ArmNode(Node):
         self._pushes_at_report = (0, time.monotonic())
         self._lock = threading.Lock()
         self._closing = False
+        self._link_seen = Link.CONNECTING
 
         self._state_pub = self.create_publisher(JointState, cfg.topics.arm_joint_states, 10)
         self._diag_pub = self.create_publisher(DiagnosticArray, cfg.topics.diagnostics, 10)
@@ -118,6 +119,7 @@ class ArmNode(Node):
                 raise  # a real publishing error; a context shut down under this thread is not
 
     def _on_link(self, link: Link, reason: str) -> None:
+        previous, self._link_seen = self._link_seen, link
         if not self._alive():
             return
         if link is Link.READY:
@@ -126,7 +128,7 @@ class ArmNode(Node):
                                            d.limits, max_step_s=STREAM_GAP_S,
                                            gripper_max_opening_m=self._gripper_max_m)
             self._last_command = None  # resume only from freshly measured state
-            if reason.startswith("state pushes resumed"):  # may repeat on a loaded PC
+            if previous is Link.STALE:  # late pushes may come and go on a loaded PC
                 self.get_logger().info(f"{self.side} arm {reason}", throttle_duration_sec=1.0)
             else:
                 self.get_logger().info(f"{self.side} arm {reason}")
