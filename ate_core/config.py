@@ -283,6 +283,9 @@ class ExecutorConfig:
     ensemble_k: float = checked(0.01, check=_in_range(0.0, 10.0),
                                 doc="ACT temporal ensembling: weight exp(-k i), i = 0 oldest")
     max_chunks: int = checked(8, check=_in_range(1, 1000), doc="chunks kept for blending")
+    max_future_s: float = checked(0.05, check=_in_range(0.0, 10.0),
+                                  doc="a chunk stamped further ahead of the supervisor's clock "
+                                      "is rejected (clocks of policy and robot PC disagree)")
 
 
 @dataclass(frozen=True)

@@ -90,9 +90,32 @@ def test_duplicate_and_out_of_order_stamps_are_rejected_order(stamp_offset_ms: i
     with pytest.raises(ChunkRejected) as err:
         ex.add(replay, T0 + 10 * MS)
     assert err.value.rule == "order"
-    assert ex.stats.rejected == {"names": 0, "order": 1, "late": 0}
+    assert ex.stats.rejected == {"names": 0, "order": 1, "late": 0, "future": 0}
     assert ex.newest is first
     np.testing.assert_allclose(ex.target_at(T0 + 250 * MS), [0.5, 0.5], atol=1e-12)
+
+
+def test_a_chunk_stamped_beyond_max_future_is_rejected_and_the_next_valid_one_is_accepted() -> None:
+    """A policy PC whose clock runs 10 s ahead must not silence the policy: the far-future chunk
+    is refused and does not become what later stamps are compared against."""
+    ex = executor("replace", max_future_s=0.05)
+    ex.add(chunk(T0, [0, 500], [[0.0, 0.0], [1.0, 1.0]]), T0)
+    ahead = chunk(T0 + 10_000 * MS, [0, 500], [[9.0, 9.0], [9.0, 9.0]])
+    with pytest.raises(ChunkRejected) as err:
+        ex.add(ahead, T0 + 10 * MS)
+    assert err.value.rule == "future" and "synchronised" in str(err.value)
+    assert ex.stats.rejected["future"] == 1 and ex.newest is not ahead
+    valid = chunk(T0 + 20 * MS, [0, 500], [[2.0, 2.0], [3.0, 3.0]])
+    assert ex.add(valid, T0 + 20 * MS) == 0
+    assert ex.newest is valid and ex.stats.chunks_added == 2
+
+
+def test_a_chunk_stamped_slightly_ahead_within_max_future_is_accepted() -> None:
+    ex = executor("replace", max_future_s=0.05)
+    ex.add(chunk(T0 + 40 * MS, [0, 500], [[0.0, 0.0], [1.0, 1.0]]), T0)
+    with pytest.raises(ChunkRejected) as err:
+        ex.add(chunk(T0 + 100 * MS, [0, 500], [[0.0, 0.0], [1.0, 1.0]]), T0 + 49 * MS)
+    assert err.value.rule == "future"  # 51 ms ahead
 
 
 def test_wrong_joint_names_or_order_are_rejected_names() -> None:

@@ -432,3 +432,23 @@ def test_a_layout_arm_without_a_workspace_box_is_rejected():
     boxes = {"left": SAFETY.workspace["left"]}
     with pytest.raises(ValueError, match="no workspace box for arms \\['right'\\]"):
         SafetyFilter(LAYOUT, dataclasses.replace(SAFETY, workspace=boxes), PERIOD_S, 0.07)
+
+
+@pytest.mark.parametrize("dt_s", [0.001, 0.004, 0.01, 0.025])
+def test_the_caps_are_per_the_time_since_the_previous_command(dt_s: float) -> None:
+    far = pose(left=np.array(CFG.arms.left.home_rad) + 0.5, grippers=(0.0, 0.07))
+    result = FILTER.clamp(far, HOME, REST, dt_s)
+    step = np.abs(result.positions - HOME)
+    assert np.all(step <= FILTER.max_velocity * dt_s * (1 + 1e-12))
+    accel = np.abs(result.velocities) / dt_s
+    joints = np.isfinite(FILTER.max_acceleration)
+    assert np.all(accel[joints] <= FILTER.max_acceleration[joints] * (1 + 1e-9))
+    np.testing.assert_allclose(result.velocities, (result.positions - HOME) / dt_s)
+    # The grippers have no acceleration cap: their step is the speed cap's, for this dt.
+    assert step[LEFT_GRIPPER] == pytest.approx(SAFETY.gripper_velocity_m_s * dt_s)
+
+
+@pytest.mark.parametrize("dt_s", [0.0, -0.01, math.nan, math.inf])
+def test_a_time_since_the_previous_command_that_is_not_a_positive_time_is_refused(dt_s) -> None:
+    with pytest.raises(ValueError, match="dt_s"):
+        FILTER.clamp(HOME, HOME, REST, dt_s)

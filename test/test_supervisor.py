@@ -271,3 +271,168 @@ def test_commands_never_jump_nor_leave_the_limits_whatever_happens(events) -> No
                 if previous is not None:
                     assert np.all(np.abs(out.positions - previous) <= cap + 1e-9)
             previous = out.positions
+
+
+def test_a_far_future_chunk_is_rejected_and_the_next_valid_chunk_is_accepted() -> None:
+    rig = Rig()
+    assert rig.sup.engage(rig.now).success
+    rig.chunk(small_offset(0.1))
+    rig.step(5)
+    ahead = make_chunk(rig.sup.joint_names, rig.now + 10_000 * MS, [0, 33 * MS],
+                       [HOME, HOME], rig.sup.joint_names)
+    reason = rig.sup.on_chunk(ahead, rig.now)
+    assert reason is not None and reason.startswith("future")
+    assert rig.sup.counts[("chunk_future", "policy")] == 1
+    assert rig.sup.last_chunk_age_ns == -10_000 * MS  # the skew, for /diagnostics
+    rig.step()
+    rig.chunk(small_offset(0.2))  # asserts it is accepted
+    # ... and after an e-stop and re-arm as well: the refused stamp never became the reference.
+    rig.sup.estop(rig.now)
+    rig.step(2)
+    rig.sup.rearm(rig.now)
+    rig.step()
+    rig.chunk(small_offset(0.1))
+
+
+class ArmsThatStopWhenUnheard(Rig):
+    """Arms that follow each command exactly, except that an arm that is not reporting (its
+    driver's link is stale) also receives no commands: it stands where it was, while the
+    supervisor keeps deciding. Ticks come at the times the test gives."""
+
+    def tick_at(self, now_ns: int) -> TickOutput:
+        self.now = now_ns
+        self.inputs()
+        out = self.sup.tick(now_ns)
+        if out.positions is not None:
+            for arm in self.sup.arms:
+                if self.report[arm]:
+                    idx = self.sup.arm_slice(arm)
+                    self.measured[idx] = out.positions[idx]
+        self.outputs.append(out)
+        return out
+
+
+STAMPED_EVENTS = st.lists(
+    st.tuples(st.sampled_from(["ticks", "late_tick", "chunk", "future_chunk", "estop", "rearm",
+                               "engage", "disengage", "stale_left", "stale_right", "restore"]),
+              st.floats(-1.5, 1.5), st.integers(1, 30)),
+    min_size=5, max_size=30)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(STAMPED_EVENTS, st.randoms(use_true_random=False))
+def test_caps_hold_by_the_stamps_across_late_ticks_stale_periods_rearm_engage_and_disengage(
+        events, rnd) -> None:
+    """Between consecutive commands of a series, by their stamps: every step within the
+    velocity cap (grippers included), every change of velocity within the acceleration cap
+    (unless a workspace or clearance rule had to shorten the step, which may brake harder),
+    velocities that are the steps divided by the stamps' difference, and strictly increasing
+    stamps. A series starts at the measured state; the e-stop's hold is the one exception."""
+    rig = ArmsThatStopWhenUnheard(ramp_s=0.3)
+    sf = rig.sup.safety
+    period_ns = int(rig.sup.period_s * 1e9)
+    last: Optional[TickOutput] = None
+    last_stamp = None
+    rig.sup.engage(rig.now)  # start engaged on a long motion: the events interrupt it
+    rig.chunk(small_offset(rnd.uniform(-2.0, 2.0)), points=60)
+    for kind, value, n in events:
+        if kind == "chunk":
+            alpha = np.linspace(0.0, 1.0, n + 1)[:, None]
+            positions = rig.measured + alpha * np.full(16, value) * rnd.random()
+            stamp = rig.now - rnd.randrange(0, 200) * MS
+            rig.sup.on_chunk(make_chunk(rig.sup.joint_names, stamp, np.arange(n + 1) * 33 * MS,
+                                        positions, rig.sup.joint_names), rig.now)  # or late
+        elif kind == "future_chunk":
+            ahead = make_chunk(rig.sup.joint_names, rig.now + (1 + n) * 100 * MS, [0, 33 * MS],
+                               [rig.measured, rig.measured], rig.sup.joint_names)
+            assert rig.sup.on_chunk(ahead, rig.now).startswith("future")
+        elif kind in ("estop", "rearm", "engage", "disengage"):
+            getattr(rig.sup, kind)(rig.now)
+        elif kind.startswith("stale_"):
+            rig.report[kind[len("stale_"):]] = False
+        elif kind == "restore":
+            rig.report = {arm: True for arm in rig.sup.arms}
+        for _ in range(n if kind in ("ticks", "late_tick") else 1):
+            # On schedule, a little early or late, or (late_tick) up to 8 periods late; after a
+            # late tick the next deadline comes sooner, so short gaps follow long ones.
+            if kind == "late_tick":
+                gap = period_ns + rnd.randrange(0, 8 * period_ns)
+            else:
+                gap = max(1000, period_ns + rnd.randrange(-period_ns + 1, period_ns // 2))
+            measured_before = rig.measured.copy()
+            out = rig.tick_at(rig.now + gap)
+            if out.positions is None:
+                last = None
+                continue
+            assert np.isfinite(out.positions).all()
+            if last_stamp is not None:
+                assert out.now_ns > last_stamp, "command stamps must strictly increase"
+            last_stamp = out.now_ns
+            if out.mode is Mode.ESTOPPED:
+                last = out
+                continue
+            assert np.all(out.positions >= sf.lower - 1e-9) and np.all(out.positions <= sf.upper + 1e-9)
+            if last is None or last.mode in (Mode.ESTOPPED, Mode.IDLE):
+                # A new series: it starts at rest where the arm is measured, within one step;
+                # right after a disengage came to rest, also within the caps of that command.
+                step = np.abs(out.positions - measured_before)
+                assert np.all(step <= sf.max_velocity * rig.sup.period_s + 1e-9), step
+                if last is not None and last.mode is Mode.IDLE:
+                    dt = (out.now_ns - last.now_ns) * 1e-9
+                    assert np.all(np.abs(out.positions - last.positions)
+                                  <= sf.max_velocity * dt + 1e-9)
+            else:
+                dt = (out.now_ns - last.now_ns) * 1e-9
+                step = out.positions - last.positions
+                assert np.all(np.abs(step) <= sf.max_velocity * dt + 1e-9), \
+                    (dt, np.abs(step) / dt, sf.max_velocity)
+                np.testing.assert_allclose(out.velocities, step / dt, rtol=1e-9, atol=1e-9)
+                cartesian = any(i.rule in ("workspace", "arm_distance") for i in out.interventions)
+                if not cartesian:
+                    dv = np.abs(out.velocities - last.velocities)
+                    assert np.all(dv <= sf.max_acceleration * dt * (1 + 1e-9) + 1e-9), \
+                        (dt, dv / dt, sf.max_acceleration)
+            last = out
+
+
+def test_after_a_stale_period_the_commands_return_to_the_arm_without_a_jump() -> None:
+    """The arm stops where its driver stopped forwarding; the supervisor kept deciding. When the
+    state returns, the commands move back to the arm within the caps, then on along the chunk."""
+    rig = ArmsThatStopWhenUnheard(ramp_s=0.0)
+    rig.sup.engage(rig.now)
+    rig.chunk(small_offset(1.0), points=100)
+    for _ in range(40):
+        rig.tick_at(rig.now + TICK)
+    rig.report["left"] = False
+    for _ in range(30):
+        rig.tick_at(rig.now + TICK)
+    left = rig.sup.arm_slice("left")
+    gap = np.abs(rig.outputs[-1].positions[left] - rig.measured[left]).max()
+    assert gap > 0.0  # the commands went on (decelerating) while the arm stood
+    rig.report["left"] = True
+    rig.chunk(small_offset(1.0), points=100)
+    outs = [rig.tick_at(rig.now + TICK) for _ in range(100)]
+    path = np.array([o.positions for o in [rig.outputs[-101], *outs]])
+    cap = rig.sup.safety.max_velocity * rig.sup.period_s
+    assert np.all(np.abs(np.diff(path, axis=0)) <= cap + 1e-9)
+    assert not outs[-1].holding
+
+
+def test_the_gripper_cap_holds_by_the_stamps_when_ticks_come_close_together() -> None:
+    """A late tick and the early one after it: the gripper moves by its speed cap times the time
+    between the two stamps, not a whole period's worth in a few milliseconds."""
+    rig = ArmsThatStopWhenUnheard(ramp_s=0.0)
+    rig.sup.engage(rig.now)
+    offset = np.zeros(16)
+    offset[[7, 15]] = -0.05  # both grippers close from 0.05 m to 0.0 m at once
+    rig.chunk(offset, points=2, dt_ms=10)
+    gaps_ms = [10, 16, 4, 10, 25, 1, 3, 10, 6, 14]
+    outs = [rig.tick_at(rig.now + g * MS) for g in gaps_ms]
+    cap = rig.sup.safety.max_velocity
+    grippers = [7, 15]
+    assert cap[7] == CFG.supervisor.safety.gripper_velocity_m_s
+    for a, b in zip(outs, outs[1:]):
+        dt = (b.now_ns - a.now_ns) * 1e-9
+        speed = np.abs(b.positions[grippers] - a.positions[grippers]) / dt
+        assert np.all(speed <= cap[grippers] * (1 + 1e-9)), (dt, speed)
+    assert outs[-1].positions[7] < 0.05 - 0.005  # and it did move

@@ -12,8 +12,10 @@ never by arrival order (Diffusion Policy's real-robot runner, LeRobot's async in
   trajectory is only ever evaluated at or after arrival, which lies on the segment leading
   into the first point still ahead. A chunk whose every point is already due is rejected
   ``late``; so is a chunk whose stamp is not newer than every chunk accepted before
-  (``order``, also across :meth:`clear`, so a chunk delivered twice never runs twice), and
-  one that names other joints or another order (``names``). A rejected chunk changes nothing.
+  (``order``, also across :meth:`clear`, so a chunk delivered twice never runs twice), one
+  stamped more than ``max_future_s`` after its arrival (``future``: its clock is ahead of ours,
+  and accepting it would make every chunk after it ``order`` until that time), and one that
+  names other joints or another order (``names``). A rejected chunk changes nothing.
 - **replace:** ``target(t) = newest.p(t)``: the new chunk takes over at once (a jump when it
   disagrees with the old one; the safety filter's velocity caps are then the only smoothing).
 - **crossfade:** chunk ``k`` arriving at ``a_k`` fades in over ``W = crossfade_s``:
@@ -56,7 +58,8 @@ class ExecutorStats:
 
     chunks_added: int = 0
     late_points_dropped: int = 0
-    rejected: Dict[str, int] = field(default_factory=lambda: {"names": 0, "order": 0, "late": 0})
+    rejected: Dict[str, int] = field(default_factory=lambda: {"names": 0, "order": 0, "late": 0,
+                                                               "future": 0})
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,7 @@ class ChunkExecutor:
         self.config = config
         self.joint_names: Tuple[str, ...] = tuple(joint_names)
         self._fade_ns = int(round(config.crossfade_s * 1e9))
+        self._max_future_ns = int(round(config.max_future_s * 1e9))
         # A fade shorter than a nanosecond is a switch: replace, without dividing by zero.
         self._mode = "replace" if config.mode == "crossfade" and self._fade_ns <= 0 \
             else config.mode
@@ -107,7 +111,8 @@ class ChunkExecutor:
     def add(self, chunk: ActionChunk, now_ns: int) -> int:
         """Accept ``chunk`` arriving at ``now_ns``; returns how many of its points were late.
 
-        Raises :class:`ChunkRejected` (``names``, ``order``, ``late``) and then changes nothing.
+        Raises :class:`ChunkRejected` (``names``, ``future``, ``order``, ``late``) and then
+        changes nothing.
         """
         now_ns = int(now_ns)
         try:
@@ -138,6 +143,11 @@ class ChunkExecutor:
         if tuple(chunk.joint_names) != self.joint_names:
             raise ChunkRejected("names", f"chunk joints {list(chunk.joint_names)} are not the "
                                          f"executor's {list(self.joint_names)}")
+        if chunk.stamp_ns - now_ns > self._max_future_ns:
+            raise ChunkRejected("future", f"chunk stamped {(chunk.stamp_ns - now_ns) * 1e-9:.3f} s "
+                                          f"ahead of this clock (at most "
+                                          f"{self._max_future_ns * 1e-9:.3f} s): are the clocks "
+                                          f"of the policy and robot PCs synchronised?")
         if self._newest_stamp_ns is not None and chunk.stamp_ns <= self._newest_stamp_ns:
             raise ChunkRejected("order", f"chunk stamp {chunk.stamp_ns} ns is not newer than "
                                          f"the newest accepted ({self._newest_stamp_ns} ns)")

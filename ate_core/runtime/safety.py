@@ -1,7 +1,10 @@
 """The supervisor's safety filter: every per-tick joint target becomes a command that is safe.
 
-A pure function of (target, previous command, previous velocity): no clock, no ROS, no state
-between calls, so the supervisor, the offline replay and the property tests run the same code.
+A pure function of (target, previous command, previous velocity, time since the previous
+command): no clock, no ROS, no state between calls, so the supervisor, the offline replay and the
+property tests run the same code. The caps hold between consecutive commands by the time between
+their stamps, not by the nominal control period: a tick that runs late may move further, and the
+one that follows it, on schedule and so closer to it, moves less.
 It never raises for a bad *target* (that is the policy's output, the control path holds
 instead); it raises ``ValueError`` only for a bad *previous* state, which is a caller bug.
 """
@@ -9,7 +12,7 @@ instead); it raises ``ValueError`` only for a bad *previous* state, which is a c
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -40,7 +43,7 @@ class Intervention:
 @dataclass(frozen=True)
 class FilterResult:
     positions: np.ndarray  # float64 [J] in layout.joint_names order: the command
-    velocities: np.ndarray  # float64 [J]: (positions - previous) / period
+    velocities: np.ndarray  # float64 [J]: (positions - previous) / dt
     interventions: Tuple[Intervention, ...]  # each (rule, arm) at most once per call
 
 
@@ -112,7 +115,7 @@ class SafetyFilter:
                                     [s.stop - s.start for s in self._arm_span])
         self._has_acc = np.isfinite(self.max_acceleration)
         acc = np.where(self._has_acc, self.max_acceleration, 1.0)
-        self._acc_step = np.where(self._has_acc, acc * self.period_s, np.inf)  # a dt
+        self._acc = acc
         self._two_acc = 2.0 * acc
 
         # Arms of one model and tool share one forward-kinematics pass.
@@ -139,12 +142,13 @@ class SafetyFilter:
     # ------------------------------------------------------------------ public
 
     def clamp(self, target: np.ndarray, previous: np.ndarray,
-              previous_velocity: np.ndarray) -> FilterResult:
+              previous_velocity: np.ndarray, dt_s: Optional[float] = None) -> FilterResult:
         """The safe command for this tick, and which rules changed it.
 
         ``previous`` is the last command (the measured state when the supervisor starts),
-        ``previous_velocity`` the last command's velocity (zeros at start). The rules run in
-        this order, and the order is the point:
+        ``previous_velocity`` the last command's velocity (zeros at start), ``dt_s`` the time
+        from the previous command's stamp to this one's (default: the nominal period). Every
+        rate below is per ``dt_s``. The rules run in this order, and the order is the point:
 
         1. ``non_finite``: an arm whose target has a NaN/inf anywhere is given its previous
            command as target. Part of a corrupt prediction is not trusted; the later rules
@@ -152,12 +156,13 @@ class SafetyFilter:
         2. ``joint_limit`` / ``gripper_range``: the target is clipped into [lower, upper]
            (widened to include ``previous`` when the arm already stands outside, so it may
            come back but never goes further out, and never jumps in).
-        3. ``velocity`` / ``acceleration``: the step is capped at ``max_velocity * period`` and
-           its velocity change at ``max_acceleration * period``. The velocity towards a limit
+        3. ``velocity`` / ``acceleration``: the step is capped at ``max_velocity * dt`` and
+           its velocity change at ``max_acceleration * dt``. The velocity towards a limit
            is also capped so that the joint can still stop at the limit while decelerating at
-           ``max_acceleration`` (discrete braking distance ``v dt + v^2 / 2a``; counted as
-           ``joint_limit``). Velocity and limits are hard and win when the acceleration cap
-           cannot be met with them (only possible for an inconsistent ``previous_velocity``).
+           ``max_acceleration`` (discrete braking distance ``v dt + v^2 / 2a``, which holds
+           whatever the later ticks' ``dt``; counted as ``joint_limit``). Velocity and limits
+           are hard and win when the acceleration cap cannot be met with them (only possible
+           for an inconsistent ``previous_velocity``).
         4. ``workspace``: each arm's TCP must stay in its box, and 5. ``arm_distance``: the
            capsule clearance between the arms must stay >= ``min_arm_distance_m``. These are
            checked last, on the candidate that already respects the joint-space rules. A
@@ -174,8 +179,11 @@ class SafetyFilter:
            not smaller): the robot can always be moved back, never trapped.
         """
         target, prev, prev_v = self._inputs(target, previous, previous_velocity)
+        dt = self.period_s if dt_s is None else float(dt_s)
+        if not (np.isfinite(dt) and dt > 0.0):
+            raise ValueError(f"SafetyFilter.clamp: dt_s {dt_s} must be a finite time > 0")
+        acc_step = np.where(self._has_acc, self._acc * dt, np.inf)
         hits = np.zeros((len(RULES), len(self.prefixes)), dtype=bool)
-        dt = self.period_s
 
         # 1. non-finite targets: that arm holds its previous command as target.
         finite = np.isfinite(target)
@@ -199,14 +207,14 @@ class SafetyFilter:
         v_max = self.max_velocity
         v = np.clip(v_want, -v_max, v_max)
         hits[_RULE["velocity"]] |= self._per_arm(v != v_want)
-        brake_up = self._braking_velocity(hi - prev)
-        brake_down = self._braking_velocity(prev - lo)
+        brake_up = self._braking_velocity(hi - prev, acc_step)
+        brake_down = self._braking_velocity(prev - lo, acc_step)
         v_braked = np.clip(v, -brake_down, brake_up)
         hits[_RULE["joint_limit"]] |= self._per_arm(v_braked != v)
         hard_lo = np.maximum(-v_max, -brake_down)  # <= 0 <= hard_hi: holding is always allowed
         hard_hi = np.minimum(v_max, brake_up)
-        soft_lo = prev_v - self._acc_step
-        soft_hi = prev_v + self._acc_step
+        soft_lo = prev_v - acc_step
+        soft_hi = prev_v + acc_step
         v_final = np.clip(v_braked, np.clip(soft_lo, hard_lo, hard_hi),
                           np.clip(soft_hi, hard_lo, hard_hi))
         hits[_RULE["acceleration"]] |= self._per_arm(v_final != v_braked)
@@ -271,16 +279,17 @@ class SafetyFilter:
         """Any per arm, ``[J] bool -> [arms] bool``."""
         return np.logical_or.reduceat(mask, self._arm_starts)
 
-    def _braking_velocity(self, distance: np.ndarray) -> np.ndarray:
+    def _braking_velocity(self, distance: np.ndarray, acc_step: np.ndarray) -> np.ndarray:
         """Largest velocity towards a limit ``distance`` away that can still stop there.
 
         After this tick the joint is ``v dt`` closer, and braking at ``a`` per tick then covers
         at most ``v^2 / 2a``; ``v dt + v^2 / 2a <= D`` solved for v, written without the
         cancellation of ``-a dt + sqrt((a dt)^2 + 2 a D)``. A state that satisfies it keeps a
-        successor that does at ``v - a dt``, so braking never needs more than ``a``.
+        successor that does at ``v - a dt'`` for any next period ``dt'`` (the left side drops
+        by ``a dt'^2 / 2``), so braking never needs more than ``a``, however the ticks fall.
         """
         d = np.maximum(distance, 0.0)
-        a_dt = np.where(self._has_acc, self._acc_step, 1.0)
+        a_dt = np.where(self._has_acc, acc_step, 1.0)
         v = self._two_acc * d / (a_dt + np.sqrt(a_dt * a_dt + self._two_acc * d))
         return np.where(self._has_acc, v, np.inf)
 

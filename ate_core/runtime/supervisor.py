@@ -17,14 +17,27 @@ Modes::
   A hold fault (stale joint state, chunk or camera) switches the target to the previous command,
   which the filter's acceleration cap turns into a deceleration to rest; when the fault clears,
   the ramp restarts from the last command, so resuming never jumps either. After a stale joint
-  state it restarts from the *measured* state instead: the arm's driver may have lost its link
-  and stopped the arm short of our command, and it accepts commands only near where the arm is.
+  state it ramps from the *measured* state instead: the arm's driver stopped forwarding
+  commands while it heard nothing, so the arm stands short of our last command, and it accepts
+  commands only near where the arm is. The commands still start from the last one: the filter
+  takes them back to the ramp within its caps.
 - *disengaging*: the same deceleration to rest; once every joint is at rest, idle.
 - *estopped*: latched. Every tick commands the position measured when the e-stop came, and the
   controllers are told to stop. This deliberately bypasses the filter's rate caps: the arm is
   physically at the measured position, so holding it is the smallest possible motion. Only
   :meth:`rearm` leaves it, to idle; motion needs a new engage, from the measured state, ramped.
 - A lost controller stops both arms and drops to idle: the surviving arm must not carry on alone.
+
+Commands and their stamps: a tick's command is stamped with the tick's time (strictly after the
+previous command's stamp), and the filter's caps hold between consecutive commands by those
+stamps, however late a tick ran, through holds, stale periods, resumes, engage and disengage.
+Commands stop in idle; an engage from idle (or after a re-arm) starts a new series at the
+measured state, at rest, which is where the controller holds the arm. The e-stop's hold of the
+measured position is the one command that bypasses the caps (see *estopped*).
+
+Chunks: one stamped more than ``executor.max_future_s`` ahead of ``now`` is rejected
+(``future``): a policy PC whose clock runs ahead, or one bad stamp, would otherwise make every
+later chunk look old (``order``) until that time. Rejected chunks change nothing.
 """
 
 from __future__ import annotations
@@ -114,6 +127,10 @@ class Supervisor:
         self._active_faults: Tuple[Fault, ...] = ()
         self._pending_stop: Tuple[str, ...] = ()
         self._resync = False
+        self._last_stamp_ns: Optional[int] = None  # the previous command's stamp
+        self._new_series = True
+        #: Arrival time minus stamp of the newest chunk offered (negative: from the future).
+        self.last_chunk_age_ns: Optional[int] = None
 
     # ---- inputs ---------------------------------------------------------------------------------
 
@@ -135,6 +152,7 @@ class Supervisor:
 
     def on_chunk(self, chunk: ActionChunk, now_ns: int) -> Optional[str]:
         """Hand a validated chunk to the executor; the rejection reason (counted), or None."""
+        self.last_chunk_age_ns = int(now_ns) - chunk.stamp_ns
         try:
             late = self.executor.add(chunk, now_ns)
         except ChunkRejected as e:
@@ -227,8 +245,11 @@ class Supervisor:
         self._ramp_from = np.array(start, dtype=np.float64)
         self._ramp_start_ns = now_ns
         if reset_velocity or self._previous is None:
+            # A new series of commands, from the arm at rest: its first step is timed by at
+            # most the nominal period, never by the stamp of a command from before idle time.
             self._previous = self._ramp_from.copy()
             self._velocity = np.zeros_like(self._ramp_from)
+            self._new_series = True
 
     def tick(self, now_ns: int) -> TickOutput:
         faults = self.watchdogs.check(now_ns)
@@ -238,9 +259,16 @@ class Supervisor:
         self._active_faults = faults
         stop, self._pending_stop = self._pending_stop, ()
 
+        # The command's stamp: this tick, strictly after the previous command (a clock that
+        # steps back gives tiny steps until it has caught up, never a step without its time).
+        stamp_ns = int(now_ns) if self._last_stamp_ns is None \
+            else max(int(now_ns), self._last_stamp_ns + 1)
+
         if self.mode is Mode.ESTOPPED:
             hold = self._estop_hold
-            return TickOutput(now_ns, self.mode, None if hold is None else hold.copy(),
+            if hold is not None:
+                self._last_stamp_ns = stamp_ns
+            return TickOutput(stamp_ns, self.mode, None if hold is None else hold.copy(),
                               None if hold is None else np.zeros_like(hold), True, faults, (), stop)
 
         if self.mode in (Mode.ENGAGED, Mode.DISENGAGING) and any(f.reaction == STOP for f in faults):
@@ -265,11 +293,12 @@ class Supervisor:
                 holds = True
         else:
             if self._resync:
-                # The arm went unheard: its driver may have lost the link and stopped it short
-                # of our last command, and accepts commands again only near where it is. Resume
-                # from the measured state, as an engage does.
+                # The arm went unheard: its driver stopped forwarding our commands, so the arm
+                # stands short of the last one, and accepts commands again only near where it
+                # is. Ramp from the measured state, as an engage does; the filter's state stays,
+                # so the commands return to it within the caps instead of jumping there.
                 self._resync = False
-                self._start_ramp(self.measured(), now_ns, reset_velocity=True)
+                self._start_ramp(self.measured(), now_ns, reset_velocity=False)
             elif self._ramp_from is None:  # resuming after a hold: ramp from where we are
                 self._start_ramp(self._previous, now_ns, reset_velocity=False)
             w = smoothstep((now_ns - self._ramp_start_ns) * 1e-9 / self.config.ramp_s) \
@@ -277,7 +306,11 @@ class Supervisor:
             target = self._ramp_from + w * (target - self._ramp_from)
         if holds:
             self._ramp_from = None
-        result = self.safety.clamp(target, self._previous, self._velocity)
+        dt_s = None if self._last_stamp_ns is None else (stamp_ns - self._last_stamp_ns) * 1e-9
+        if self._new_series and dt_s is not None:
+            dt_s = min(dt_s, self.period_s)
+        result = self.safety.clamp(target, self._previous, self._velocity, dt_s)
+        self._last_stamp_ns, self._new_series = stamp_ns, False
         for item in result.interventions:
             self.counts[(item.rule, item.arm)] += 1
         self._previous, self._velocity = result.positions, result.velocities
@@ -285,7 +318,7 @@ class Supervisor:
             self.mode = Mode.IDLE
             self.reason = "disengaged"
             self._previous = self._velocity = None
-        return TickOutput(now_ns, self.mode, result.positions.copy(), result.velocities.copy(),
+        return TickOutput(stamp_ns, self.mode, result.positions.copy(), result.velocities.copy(),
                           holds, faults, result.interventions, stop)
 
     def split(self, positions: np.ndarray) -> Mapping[str, np.ndarray]:

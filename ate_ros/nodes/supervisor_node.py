@@ -87,7 +87,6 @@ class SupervisorNode(Node):
         self._period_ns = int(round(1e9 / cfg.supervisor.rate_hz))
         self.timing = TickTiming(self._period_ns)
         self.realtime = False
-        self._last_stamp_ns = 0
         self._last_output: Optional[TickOutput] = None
         self._last_rejection = ""
 
@@ -212,9 +211,7 @@ class SupervisorNode(Node):
         """Per-arm commands of one tick; called with the lock held so stamps stay ordered."""
         if out.positions is None:
             return
-        stamp_ns = max(out.now_ns, self._last_stamp_ns + 1)
-        self._last_stamp_ns = stamp_ns
-        stamp = ns_to_stamp(stamp_ns)
+        stamp = ns_to_stamp(out.now_ns)  # the tick's stamp, by which the caps hold
         for side, positions in self.supervisor.split(out.positions).items():
             velocities = self.supervisor.split(out.velocities)[side]
             msg = JointState(name=list(self._arm_names[side]),
@@ -268,6 +265,7 @@ class SupervisorNode(Node):
             mode, reason = sup.mode, sup.reason
             counts = dict(sup.counts)
             executor = sup.executor.stats
+            chunk_age_ns = sup.last_chunk_age_ns
             out = self._last_output
         faults = out.faults if out is not None else ()
         if mode is Mode.ESTOPPED:
@@ -285,6 +283,10 @@ class SupervisorNode(Node):
                      for k, v in timing.items()},
                   "chunks_added": executor.chunks_added,
                   "last_chunk_rejection": self._last_rejection or "none",
+                  # Arrival minus stamp of the newest chunk: negative means the policy's clock
+                  # is ahead of this one (beyond executor.max_future_s such chunks are refused).
+                  "chunk_age_at_arrival_ms": ("none" if chunk_age_ns is None
+                                              else f"{chunk_age_ns * 1e-6:.3f}"),
                   **{f"count.{rule}.{who}": n for (rule, who), n in sorted(counts.items())}}
         status = diagnostic_status("supervisor", level, message, values=values)
         self._diag_pub.publish(diagnostic_array(self.get_clock().now().to_msg(), status))
