@@ -17,15 +17,10 @@ def share_tree(folder: str) -> list:
     return pairs
 
 
-NODES = {
-    "arm_node": "ate_ros.nodes.arm_node:main",
-    "arm_nodes": "ate_ros.nodes.arm_node:main_both",
-    "joint_state_aggregator": "ate_ros.nodes.joint_state_aggregator:main",
-    "camera_node": "ate_ros.nodes.camera_node:main",
-    "camera_nodes": "ate_ros.nodes.camera_node:main_all",
-    "inference_node": "ate_ros.nodes.inference_node:main",
-    "supervisor_node": "ate_ros.nodes.supervisor_node:main",
-}
+#: Node executables: ``ate_ros.entry`` holds each signal until the node's module has loaded.
+NODES = {name: f"ate_ros.entry:{name}" for name in (
+    "arm_node", "arm_nodes", "joint_state_aggregator", "camera_node", "camera_nodes",
+    "inference_node", "supervisor_node")}
 TOOLS = {
     "ate_bringup": "ate_ros.bringup:main",
     "ate_urdf": "ate_core.robot.urdf_cli:main",

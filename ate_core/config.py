@@ -121,6 +121,9 @@ class ArmConfig:
     follow: bool = False
     control_period_s: float = checked(0.01, check=_in_range(0.002, 0.1))
     push_cycle: int = checked(1, check=_in_range(1, 100), doc="UDP push period in 5 ms units")
+    realtime_priority: int = checked(49, check=_in_range(0, 99),
+                                     doc="SCHED_FIFO priority of the arm driver process's threads "
+                                         "(state pushes, commands); 0: normal")
     mount: MountConfig = MountConfig()
     #: Flange -> tool centre point (the gripper's fingertips). The supervisor's workspace box and
     #: inter-arm capsules reach to it, so the gripper body is inside the safety model.

@@ -1,137 +1,633 @@
-"""``ate_bringup``: the simulated bimanual robot in one process, with a status report.
+"""``ate_bringup``: the simulated bimanual robot, one process per node, and a status report.
 
-This is what ``ros2 launch ate_ros bimanual.launch.py sim:=true`` starts, run without the
-``launch`` tool: the controller emulators of both arms, then every node of
-``ate_ros.graph.robot_graph`` in one executor (arm drivers, simulated cameras, the supervisor,
-and with ``--checkpoint`` the inference node). It watches the topics for ``--duration`` seconds
-(0: until Ctrl-C) and prints what it saw. The supervisor starts idle; ``--engage`` hands control
-to the policy once it publishes, so the emulated arms follow the policy's chunks.
+This is what ``ros2 launch ate_ros bimanual.launch.py sim:=true`` starts, started without the
+``launch`` tool: an emulator of each arm's controller (``ate_realman_emulator``), then every
+node of ``ate_ros.graph.robot_graph`` in a process of its own, with the command line and
+parameter file launch_ros gives it: both arm drivers, the joint-state aggregator, the simulated
+cameras, with ``--checkpoint`` the inference node, and the supervisor. Each arm driver needs a
+process of its own: RealMan's SDK runs one request at a time per process and its state-push
+callbacks need the interpreter lock, so next to cameras, a model and the supervisor's real-time
+tick they stalled for 60-670 ms (arms stale, a controller reconnected, commands at 18 Hz instead
+of 100 on a 2-core PC); as separate processes they had no stale period.
+
+It supervises them. A process that ends on its own is reported with the end of its output, the
+supervisor's ``/ate/estop`` is called (if the supervisor still runs), the rest are stopped and
+``ate_bringup`` exits 1. Ctrl-C or SIGTERM stop every process in reverse start order (the
+supervisor before the arm drivers, the emulators last), each with SIGINT and, if it has not
+ended after a few seconds, SIGKILL. The processes run in sessions of their own, so a terminal's
+Ctrl-C reaches only ``ate_bringup``, and each is told to end with it, so a bringup killed
+outright leaves none behind. Their output goes to one log file each, in the directory printed
+at start.
+
+Once every node is in the ROS graph, the arm drivers publish joint states and they and the
+supervisor have reported on ``/diagnostics``, it watches for ``--duration`` seconds (0: until
+Ctrl-C) and then prints what it saw: the emulated controllers, each arm driver's link and its
+reconnects and stale periods, the supervisor's mode and tick timing, every node in the graph,
+topic rates, each arm's TCP from the measured joints, and the processes' exit codes. The
+supervisor starts idle; ``--engage`` hands control to the policy once it publishes chunks, so
+the emulated arms follow the policy.
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
-import importlib
+import ctypes
+import datetime
+import os
 import signal
+import subprocess
 import sys
 import threading
 import time
-from typing import Dict, List, Mapping, Optional, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.node import Node
-from rclpy.parameter import Parameter
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, JointState
-from std_srvs.srv import SetBool
+from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from ate_core.config import BimanualConfig, ConfigError, load_config
 from ate_core.robot.from_config import layout_from_config
-from ate_ros.graph import NodeSpec, in_process, robot_graph
+from ate_ros.graph import EmulatorSpec, NodeSpec, in_process, robot_graph, sim_controllers
 from ate_ros.node_host import NodeHost
-from ate_ros.nodes.arm_node import ArmNode
-from ate_ros.nodes.supervisor_node import SupervisorNode
 from ate_ros.resources import default_config_path
-from ate_ros.sim.bimanual import SimulatedArms
+from ate_ros.sim.bimanual import EmulatedController, EmulatorUnreachable
 
-#: Executables of this package that the bringup can run in-process: name -> "module:class".
-#: Imported on use, so a bringup without an inference node never imports torch.
-NODE_CLASSES = {
-    "arm_node": "ate_ros.nodes.arm_node:ArmNode",
-    "joint_state_aggregator": "ate_ros.nodes.joint_state_aggregator:JointStateAggregator",
-    "camera_node": "ate_ros.nodes.camera_node:CameraNode",
-    "inference_node": "ate_ros.nodes.inference_node:InferenceNode",
-    "supervisor_node": "ate_ros.nodes.supervisor_node:SupervisorNode",
-}
-
-
-def node_class(executable: str) -> type:
-    module, name = NODE_CLASSES[executable].split(":")
-    return getattr(importlib.import_module(module), name)
+#: How long every node of the graph may take to appear and the arms to publish (imports of
+#: rclpy, numpy and torch in 7-9 processes on two cores).
+STARTUP_TIMEOUT_S = 60.0
+#: How long an emulator may take to listen before the arm drivers start.
+EMULATOR_TIMEOUT_S = 30.0
+#: How long a process may take to end after SIGINT before it is killed.
+STOP_TIMEOUT_S = 5.0
+#: How long ``--engage`` waits for the policy's first chunk (warm-up on a CPU takes a while).
+ENGAGE_TIMEOUT_S = 120.0
 
 
-class TopicWatch:
-    """Counts messages per topic and keeps the newest whole-robot joint state."""
+# ---- processes ----------------------------------------------------------------------------------
 
-    def __init__(self, node: Node, topics: Mapping[str, type]) -> None:
+_PR_SET_PDEATHSIG = 1
+# Resolved once here: the child must not load anything between fork and exec.
+_prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+
+def _die_with_parent(parent_pid: int) -> Callable[[], None]:
+    def preexec() -> None:
+        # Linux sends the signal when the thread that forked ends, so ProcessGroup.start must be
+        # called from a thread that lives as long as the group (the main thread).
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent_pid:  # the parent died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+    return preexec
+
+
+def exit_description(code: Optional[int]) -> str:
+    """``0``, ``1``, ``-9 (SIGKILL)``; ``running`` for None."""
+    if code is None:
+        return "running"
+    if code < 0:
+        try:
+            return f"{code} ({signal.Signals(-code).name})"
+        except ValueError:
+            pass
+    return str(code)
+
+
+class ProcessGroup:
+    """Child processes started in order and stopped in reverse order, output to one log each.
+
+    Each child runs in a session of its own (a terminal's Ctrl-C reaches only this process,
+    which then stops them in order) and gets SIGTERM if this process dies, even by SIGKILL.
+    ``stop`` sends SIGINT (what a node's ``main`` handles as Ctrl-C) to each child in reverse
+    start order, waits for it, and kills it after ``timeout_s``.
+    """
+
+    def __init__(self, log_dir: Path, env: Optional[Mapping[str, str]] = None) -> None:
+        self.log_dir = Path(log_dir)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.env = dict(os.environ if env is None else env)
+        self.procs: Dict[str, subprocess.Popen] = {}
+        #: Children killed because they ignored SIGINT, and children that ended on their own.
+        self.killed: List[str] = []
+        self.ended_on_their_own: List[str] = []
+        self._stopping: set = set()
+
+    def log_path(self, name: str) -> Path:
+        return self.log_dir / f"{name.replace('/', '.')}.log"
+
+    def start(self, name: str, argv: Sequence[str]) -> subprocess.Popen:
+        if name in self.procs:
+            raise ValueError(f"a process called {name!r} was already started")
+        with open(self.log_path(name), "wb") as out:
+            proc = subprocess.Popen(list(argv), stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, env=self.env,
+                                    start_new_session=True,
+                                    preexec_fn=_die_with_parent(os.getpid()))
+        self.procs[name] = proc
+        return proc
+
+    @property
+    def pids(self) -> Dict[str, int]:
+        return {name: p.pid for name, p in self.procs.items()}
+
+    def alive(self, name: str) -> bool:
+        proc = self.procs.get(name)
+        return proc is not None and proc.poll() is None
+
+    def output(self, name: str) -> str:
+        try:
+            return self.log_path(name).read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def tail(self, name: str, lines: int = 15) -> str:
+        return "\n".join(self.output(name).splitlines()[-lines:])
+
+    def unexpected_exits(self) -> List[str]:
+        """Children that ended without being stopped, each named once."""
+        ended = [name for name, p in self.procs.items()
+                 if name not in self._stopping and name not in self.ended_on_their_own
+                 and p.poll() is not None]
+        self.ended_on_their_own += ended
+        return ended
+
+    def returncodes(self) -> Dict[str, Optional[int]]:
+        return {name: p.poll() for name, p in self.procs.items()}
+
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> Dict[str, Optional[int]]:
+        """Stop every child, newest first; exit codes by name (0: ended cleanly on SIGINT)."""
+        for name, proc in reversed(list(self.procs.items())):
+            self._stopping.add(name)
+            if proc.poll() is None:
+                try:
+                    proc.send_signal(signal.SIGINT)
+                    proc.wait(timeout_s)
+                except subprocess.TimeoutExpired:
+                    self.killed.append(name)
+                    proc.kill()
+                    proc.wait()
+        return self.returncodes()
+
+    def __enter__(self) -> "ProcessGroup":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+# ---- what the bringup starts --------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Launched:
+    """One process of the stack: an emulator or a node, and its command line."""
+
+    name: str
+    argv: Tuple[str, ...]
+    node: Optional[NodeSpec] = None
+    emulator: Optional[EmulatorSpec] = None
+    #: The node's parameter file: its path (in ``argv``) and content, as launch_ros writes it.
+    params_file: Optional[Path] = None
+    params_yaml: str = ""
+
+
+def process_of(plan: Sequence[Launched], executable: str, **parameters: object) -> Optional[str]:
+    """The name of the process that runs ``executable`` (with these parameters), if any."""
+    return next((item.name for item in plan if item.node is not None
+                 and item.node.executable == executable
+                 and all(item.node.parameters.get(k) == v for k, v in parameters.items())), None)
+
+
+def stack_plan(cfg: BimanualConfig, config_file: str, checkpoint: str,
+               params_dir: Path) -> Tuple[List[Launched], List[NodeSpec]]:
+    """What ``bimanual.launch.py sim:=true`` starts, in its order: (processes, nodes left to
+    ``ros2 launch``). Nothing is written or started here."""
+    plan = [Launched(spec.name, tuple(spec.command()), emulator=spec)
+            for spec in sim_controllers(cfg)]
+    ours, external = in_process(robot_graph(cfg, config_file, urdf_xml="", sim=True,
+                                            checkpoint=checkpoint))
+    for spec in ours:
+        name = spec.fully_qualified_name.lstrip("/")
+        params = params_dir / f"{name.replace('/', '.')}.yaml"
+        plan.append(Launched(name, tuple(spec.command(str(params))), node=spec,
+                             params_file=params, params_yaml=spec.params_file_yaml()))
+    return plan, external
+
+
+# ---- watching the stack -------------------------------------------------------------------------
+
+@dataclass
+class TopicCount:
+    count: int = 0
+    first_s: float = 0.0
+    last_s: float = 0.0
+
+
+@dataclass
+class Snapshot:
+    """What the stack showed at the end of the run, for the report."""
+
+    seconds: float
+    counts: Dict[str, int]
+    spans: Dict[str, TopicCount]
+    diagnostics: Dict[str, Tuple[int, str, Dict[str, str]]]
+    #: The diagnostics when the stack was up: what came before is start-up.
+    diagnostics_at_start: Dict[str, Tuple[int, str, Dict[str, str]]]
+    nodes: List[str]
+    joint_state: Optional[JointState]
+    controllers: Dict[str, Optional[dict]] = field(default_factory=dict)
+
+
+class StackWatch:
+    """The bringup's own node: topic counts, everyone's ``/diagnostics``, the engage and e-stop
+    services. Callbacks only count and store."""
+
+    def __init__(self, node: Node, cfg: BimanualConfig) -> None:
+        self.node, self.cfg = node, cfg
+        self.name = node.get_fully_qualified_name()
+        t = cfg.topics
+        self.arm_states = {side: f"/{side}_arm/{t.arm_joint_states}" for side, _ in cfg.arms.items()}
+        self.arm_commands = {side: f"/{side}_arm/{t.arm_command}" for side, _ in cfg.arms.items()}
+        topics: Dict[str, type] = {t.joint_states: JointState}
+        topics.update({topic: JointState for topic in self.arm_states.values()})
+        topics.update({f"{t.cameras}/{name}/camera_info": CameraInfo for name in cfg.cameras})
+        topics[t.action_chunk] = JointTrajectory
+        topics.update({topic: JointState for topic in self.arm_commands.values()})
+        self.topics = list(topics)
         self._lock = threading.Lock()
-        self.counts: Dict[str, int] = {t: 0 for t in topics}
-        self.latest: Optional[JointState] = None
+        self._counts = {topic: TopicCount() for topic in topics}
+        self._diagnostics: Dict[str, Tuple[int, str, Dict[str, str]]] = {}
+        self._joint_state: Optional[JointState] = None
+        self._window: Tuple[float, Dict[str, int]] = (time.monotonic(), {})
+        self._diagnostics_at_start: Dict[str, Tuple[int, str, Dict[str, str]]] = {}
         for topic, msg_type in topics.items():
-            node.create_subscription(msg_type, topic, lambda m, t=topic: self._on(t, m),
+            node.create_subscription(msg_type, topic, lambda m, tp=topic: self._on(tp, m),
                                      qos_profile_sensor_data)
+        node.create_subscription(DiagnosticArray, t.diagnostics, self._on_diagnostics, 50)
+        self.engage_client = node.create_client(SetBool, t.engage)
+        self.estop_client = node.create_client(Trigger, t.estop)
 
     def _on(self, topic: str, msg) -> None:
+        now = time.monotonic()
         with self._lock:
-            self.counts[topic] += 1
-            if topic == "/joint_states":
-                self.latest = msg
+            c = self._counts[topic]
+            if c.count == 0:
+                c.first_s = now
+            c.count += 1
+            c.last_s = now
+            if topic == self.cfg.topics.joint_states:
+                self._joint_state = msg
+
+    def _on_diagnostics(self, msg: DiagnosticArray) -> None:
+        with self._lock:
+            for status in msg.status:
+                level = status.level if isinstance(status.level, int) else ord(status.level)
+                self._diagnostics[status.name] = (level, status.message,
+                                                  {kv.key: kv.value for kv in status.values})
+
+    def silent_reporters(self) -> List[str]:
+        """The arm drivers and the supervisor, as long as they have sent no ``/diagnostics``
+        (what the report is built from)."""
+        with self._lock:
+            names = list(self._diagnostics)
+        expected = {f"{side}_arm:": f"/{side}_arm/arm_driver" for side in self.arm_states}
+        expected["supervisor"] = "/supervisor"
+        return [who for prefix, who in expected.items()
+                if not any(name == prefix or name.startswith(prefix) for name in names)]
+
+    def count(self, topic: str) -> int:
+        with self._lock:
+            return self._counts[topic].count
+
+    def node_names(self) -> List[str]:
+        return sorted(f"{ns.rstrip('/')}/{name}"
+                      for name, ns in self.node.get_node_names_and_namespaces())
+
+    def start_window(self) -> None:
+        with self._lock:
+            self._window = (time.monotonic(), {t: c.count for t, c in self._counts.items()})
+            self._diagnostics_at_start = dict(self._diagnostics)
+
+    def snapshot(self) -> Snapshot:
+        nodes = self.node_names()
+        with self._lock:
+            start, base = self._window
+            return Snapshot(
+                seconds=time.monotonic() - start,
+                counts={t: c.count - base.get(t, 0) for t, c in self._counts.items()},
+                spans={t: TopicCount(c.count, c.first_s, c.last_s) for t, c in self._counts.items()},
+                diagnostics=dict(self._diagnostics),
+                diagnostics_at_start=dict(self._diagnostics_at_start), nodes=nodes,
+                joint_state=self._joint_state)
+
+    def call(self, client, request, timeout_s: float):
+        """A service call from the main thread (the host's executor completes it), or None."""
+        if not client.wait_for_service(timeout_sec=min(1.0, timeout_s)):
+            return None
+        future = client.call_async(request)
+        deadline = time.monotonic() + timeout_s
+        while not future.done() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if not future.done():
+            client.remove_pending_request(future)
+            return None
+        return future.result()
 
 
-def start_nodes(host: NodeHost, specs: List[NodeSpec]) -> List[Node]:
-    nodes = []
-    for spec in specs:
-        params = [Parameter(k, value=v) for k, v in spec.parameters.items()]
-        nodes.append(host.start(node_class(spec.executable), namespace=spec.namespace or None,
-                                parameter_overrides=params))
-    return nodes
+class Engager:
+    """``--engage``: call ``/ate/engage`` once the policy publishes chunks; stepped by the main
+    loop, so a dead process or Ctrl-C is noticed while it waits."""
+
+    def __init__(self, watch: StackWatch, timeout_s: float = ENGAGE_TIMEOUT_S) -> None:
+        self.watch = watch
+        self.deadline = time.monotonic() + timeout_s
+        self.done = False
+        self._future = None
+        self._retry_at = 0.0
+
+    def step(self) -> None:
+        if self.done:
+            return
+        now = time.monotonic()
+        client = self.watch.engage_client
+        if self._future is None:
+            if now > self.deadline:
+                print("ate_bringup: not engaged (no chunks from the policy)", file=sys.stderr,
+                      flush=True)
+                self.done = True
+            elif (now >= self._retry_at and self.watch.count(self.watch.cfg.topics.action_chunk) > 0
+                  and client.service_is_ready()):
+                self._future = client.call_async(SetBool.Request(data=True))
+        elif self._future.done():
+            result, self._future = self._future.result(), None
+            if result is not None:
+                print(f"ate_bringup: engage: {result.message}", flush=True)
+                self.done = bool(result.success)
+            self._retry_at = now + 1.0
 
 
-def report(cfg: BimanualConfig, sim: SimulatedArms, nodes: List[Node], skipped: List[NodeSpec],
-           watch: TopicWatch, seconds: float) -> str:
+# ---- the report ---------------------------------------------------------------------------------
+
+def _float(values: Mapping[str, str], key: str) -> float:
+    try:
+        return float(values.get(key, "nan"))
+    except ValueError:
+        return float("nan")
+
+
+def _plural(n: int, what: str) -> str:
+    return f"{n} {what}" + ("" if n == 1 else "s")
+
+
+def _link_events(now: Mapping[str, str], before: Mapping[str, str]) -> str:
+    """``0 reconnects, 0 stale periods`` while up, and what start-up had if anything.
+
+    The arm node's counts are totals since it started; the ones it reported when the stack was
+    up (it reports on every link change, so they are current) are start-up's share.
+    """
+    def count(values: Mapping[str, str], key: str) -> int:
+        try:
+            return int(values.get(key, 0))
+        except ValueError:
+            return 0
+    up, starting = [], []
+    for key, what in (("reconnects", "reconnect"), ("stale_periods", "stale period")):
+        first = count(before, key)
+        up.append(_plural(count(now, key) - first, what))
+        if first:
+            starting.append(_plural(first, what))
+    text = ", ".join(up)
+    return text + (f" (+{', '.join(starting)} while starting)" if starting else "")
+
+
+def _command_rate(span: TopicCount) -> float:
+    """Commands per second while commands came (the supervisor sends none while idle)."""
+    return (span.count - 1) / (span.last_s - span.first_s) if span.count > 1 and \
+        span.last_s > span.first_s else 0.0
+
+
+def report(cfg: BimanualConfig, plan: Sequence[Launched], external: Sequence[NodeSpec],
+           watch: StackWatch, snap: Snapshot, pids: Mapping[str, int],
+           exit_codes: Mapping[str, Optional[int]], log_dir: Path) -> str:
     layout = layout_from_config(cfg)
-    lines = ["ate_bringup: simulated bimanual robot"]
-    for side, emulator in sim.emulators.items():
-        lines.append(f"  controller {side:<5} {emulator.model.name} emulated at "
-                     f"{emulator.ip}:{emulator.tcp_port}, state push -> UDP {emulator.push_port}, "
-                     f"{emulator.packets_sent} packets sent")
-    for node in nodes:
-        if isinstance(node, ArmNode):
-            d = node.driver
-            lines.append(f"  arm driver {node.side:<5} link {d.link.value}, {d.stats.pushes} states "
-                         f"received, {d.stats.reconnects} reconnects")
-    for node in nodes:
-        if isinstance(node, SupervisorNode):
-            t = node.timing.summary()
-            lines.append(f"  supervisor {node.supervisor.mode.value} ({node.supervisor.reason}); "
-                         f"{t['ticks']} ticks, period p50 {t['period_p50_ms']:.2f} ms, "
-                         f"p99 {t['period_p99_ms']:.2f} ms, {t['missed']} missed")
-    lines.append("  nodes: " + ", ".join(n.get_fully_qualified_name() for n in nodes))
-    if skipped:
-        lines.append("  left to `ros2 launch`: " + ", ".join(s.executable for s in skipped))
-    for topic, count in watch.counts.items():
-        lines.append(f"  {topic:<28} {count / seconds:7.1f} Hz over {seconds:.1f} s")
+    lines = [f"ate_bringup: simulated bimanual robot, {len(plan)} processes (output in {log_dir})"]
+    for item in plan:
+        if item.emulator is not None:
+            spec = item.emulator
+            controller = EmulatedController(spec, 0)
+            lines.append(f"  controller {spec.side:<5} "
+                         f"{controller.describe(snap.controllers.get(spec.side))}")
+    for side, _ in cfg.arms.items():
+        prefix = f"  arm driver {side:<5}"
+        name = process_of(plan, "arm_node", arm=side)
+        diag = next((d for key, d in snap.diagnostics.items() if key.startswith(f"{side}_arm:")),
+                    None)
+        span = snap.spans[watch.arm_commands[side]]
+        if diag is None:
+            lines.append(f"{prefix} no diagnostics received (pid {pids.get(name, '?')})")
+            continue
+        _, message, v = diag
+        before = next((d[2] for key, d in snap.diagnostics_at_start.items()
+                       if key.startswith(f"{side}_arm:")), {})
+        commands = (f"commands at {_command_rate(span):.1f} Hz ({v.get('commands_sent', '?')} "
+                    f"sent to the controller)" if span.count else "no commands")
+        line = (f"{prefix} link {v.get('link', '?')}, {_link_events(v, before)}, state push "
+                f"{_float(v, 'state_rate_hz'):.1f} Hz, {commands} (pid {pids.get(name, '?')})")
+        rejected = {k[len("rejected."):]: n for k, n in v.items() if k.startswith("rejected.")}
+        if rejected:
+            line += "; rejected: " + ", ".join(f"{r} {n}" for r, n in rejected.items())
+        if v.get("last_fault"):
+            line += f"; last fault: {v['last_fault']}"
+        if message not in ("connected", "streaming"):
+            line += f"; {message}"
+        lines.append(line)
+    if "supervisor" in snap.diagnostics:
+        _, message, v = snap.diagnostics["supervisor"]
+        lines.append(
+            f"  supervisor {v.get('mode', '?')} ({v.get('reason', '?')}); "
+            f"{v.get('tick.ticks', '?')} ticks, period p50 {_float(v, 'tick.period_p50_ms'):.2f} ms, "
+            f"p99 {_float(v, 'tick.period_p99_ms'):.2f} ms, {v.get('tick.missed', '?')} missed, "
+            f"{'real-time' if v.get('realtime') == 'True' else 'normal'} priority "
+            f"(pid {pids.get(process_of(plan, 'supervisor_node'), '?')})")
+        counts = {k[len("count."):]: n for k, n in v.items() if k.startswith("count.")}
+        if counts:  # watchdog faults (their onsets), safety interventions, chunk rejections
+            lines.append("  supervisor counted " + ", ".join(f"{k} {n}" for k, n in counts.items()))
+    else:
+        lines.append("  supervisor: no diagnostics received")
+    if "inference" in snap.diagnostics:
+        _, message, v = snap.diagnostics["inference"]
+        lines.append(f"  inference {message}; {v.get('chunks', '?')} chunks, latency p50 "
+                     f"{v.get('latency_p50_ms', '?')} ms, p99 {v.get('latency_p99_ms', '?')} ms "
+                     f"on {v.get('device', '?')}")
+    expected = [item.node.fully_qualified_name for item in plan if item.node is not None]
+    seen = [n for n in expected if n in snap.nodes]
+    lines.append("  nodes: " + (", ".join(seen) or "none"))
+    missing = [n for n in expected if n not in snap.nodes]
+    if missing:
+        lines.append("  not in the ROS graph: " + ", ".join(missing))
+    others = [n for n in snap.nodes if n not in expected and n != watch.name]
+    if others:
+        lines.append("  also in the ROS graph: " + ", ".join(others))
+    if external:
+        lines.append("  left to `ros2 launch`: " + ", ".join(s.executable for s in external))
+    seconds = max(snap.seconds, 1e-9)
+    width = max(len(topic) for topic in watch.topics)
+    for topic in watch.topics:
+        lines.append(f"  {topic:<{width}} {snap.counts[topic] / seconds:7.1f} Hz over "
+                     f"{snap.seconds:.1f} s")
     for side, arm in cfg.arms.items():
         q = np.asarray(arm.home_rad)
-        source = "home pose (no joint state yet)"
-        if watch.latest is not None and set(arm.joint_names) <= set(watch.latest.name):
-            pos = dict(zip(watch.latest.name, watch.latest.position))
+        source = "home pose (no joint state received)"
+        js = snap.joint_state
+        if js is not None and set(arm.joint_names) <= set(js.name):
+            pos = dict(zip(js.name, js.position))
             q, source = np.array([pos[n] for n in arm.joint_names]), "measured"
         xyz = layout.arm(side).tcp_pose(q)[:3, 3]
         lines.append(f"  {side:<5} TCP at ({xyz[0]:+.3f}, {xyz[1]:+.3f}, {xyz[2]:+.3f}) m in "
                      f"base_link, {source}")
+    lines.append("  exit codes: " + ", ".join(f"{name} {exit_description(code)}"
+                                              for name, code in exit_codes.items()))
     return "\n".join(lines)
 
 
-def engage_when_chunks_arrive(node: Node, cfg: BimanualConfig, watch: TopicWatch,
-                              stop: threading.Event, timeout_s: float = 120.0) -> None:
-    """Call ``/ate/engage`` once the policy publishes (warm-up can take a while on a CPU)."""
-    client = node.create_client(SetBool, cfg.topics.engage)
-    deadline = time.monotonic() + timeout_s
-    while not stop.is_set() and time.monotonic() < deadline:
-        if watch.counts[cfg.topics.action_chunk] > 0 and client.service_is_ready():
-            future = client.call_async(SetBool.Request(data=True))
-            while not future.done() and not stop.wait(0.05):
-                pass
-            result = future.result() if future.done() else None
-            if result is not None:
-                print(f"ate_bringup: engage: {result.message}", flush=True)
-                if result.success:
-                    return
-        stop.wait(0.2)
-    print("ate_bringup: not engaged (no chunks from the policy)", file=sys.stderr, flush=True)
+# ---- main ---------------------------------------------------------------------------------------
+
+def default_log_dir() -> Path:
+    """A new directory under ROS's log directory (``ROS_LOG_DIR``, else ``~/.ros/log``)."""
+    base = os.environ.get("ROS_LOG_DIR") or os.path.join(
+        os.environ.get("ROS_HOME") or os.path.join(os.path.expanduser("~"), ".ros"), "log")
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d-%H-%M-%S")
+    return Path(base) / f"ate_bringup_{stamp}_{os.getpid()}"
+
+
+def child_env(domain_id: Optional[int]) -> Dict[str, str]:
+    env = dict(os.environ)
+    if domain_id is not None:
+        env["ROS_DOMAIN_ID"] = str(domain_id)
+    env["PYTHONUNBUFFERED"] = "1"  # a process that dies leaves its last lines in its log
+    env.setdefault("PYTHONFAULTHANDLER", "1")  # and a crash the Python stacks of its threads
+    env.setdefault("RCUTILS_COLORIZED_OUTPUT", "0")
+    return env
+
+
+def _indented(text: str) -> str:
+    return "\n".join(f"    | {line}" for line in text.splitlines()) or "    | (no output)"
+
+
+class Bringup:
+    """The stack of one run: its processes, the watch over them, and how it ends."""
+
+    def __init__(self, cfg: BimanualConfig, plan: List[Launched], procs: ProcessGroup,
+                 watch: StackWatch, stop: threading.Event) -> None:
+        self.cfg, self.plan, self.procs, self.watch, self.stop = cfg, plan, procs, watch, stop
+        self.controllers: Dict[str, EmulatedController] = {}
+        self.failed = False
+
+    def check_children(self) -> bool:
+        """Report every process that ended on its own; True while none has."""
+        for name in self.procs.unexpected_exits():
+            code = self.procs.procs[name].returncode
+            print(f"ate_bringup: {name} (pid {self.procs.procs[name].pid}) exited unexpectedly "
+                  f"with code {exit_description(code)}; the end of {self.procs.log_path(name)}:\n"
+                  f"{_indented(self.procs.tail(name))}", file=sys.stderr, flush=True)
+            self.failed = True
+        return not self.failed
+
+    def start(self) -> bool:
+        """Start every process in order; False if one ended or the run was stopped meanwhile."""
+        for item in self.plan:
+            if self.stop.is_set():
+                return False
+            if item.params_file is not None:
+                item.params_file.parent.mkdir(parents=True, exist_ok=True)
+                item.params_file.write_text(item.params_yaml)
+            self.procs.start(item.name, item.argv)
+            if item.emulator is not None and not self._wait_for_emulator(item):
+                return False
+        return True
+
+    def _wait_for_emulator(self, item: Launched) -> bool:
+        # The arm drivers connect at once; an emulator that is not listening yet would cost
+        # each of them a reconnect.
+        deadline = time.monotonic() + EMULATOR_TIMEOUT_S
+        while not self.stop.is_set() and self.check_children():
+            controller = EmulatedController.from_output(item.emulator, self.procs.output(item.name))
+            if controller is not None:
+                self.controllers[item.emulator.side] = controller
+                return True
+            if time.monotonic() > deadline:
+                print(f"ate_bringup: {item.name} not listening after {EMULATOR_TIMEOUT_S:.0f} s; "
+                      f"going on", file=sys.stderr, flush=True)
+                return True
+            self.stop.wait(0.02)
+        return False
+
+    def missing(self) -> List[str]:
+        """What keeps the stack from being up: nodes not in the graph, arms not publishing."""
+        nodes = set(self.watch.node_names())
+        out = [item.node.fully_qualified_name for item in self.plan
+               if item.node is not None and item.node.fully_qualified_name not in nodes]
+        out += [f"no joint states on {topic}" for topic in self.watch.arm_states.values()
+                if self.watch.count(topic) == 0]
+        out += [f"no /diagnostics from {who}" for who in self.watch.silent_reporters()]
+        return out
+
+    def wait_until_up(self) -> None:
+        started = time.monotonic()
+        while not self.stop.is_set() and self.check_children():
+            missing = self.missing()
+            if not missing:
+                print(f"ate_bringup: up after {time.monotonic() - started:.1f} s: every node in "
+                      f"the ROS graph, joint states and diagnostics from both arms", flush=True)
+                return
+            if time.monotonic() - started > STARTUP_TIMEOUT_S:
+                print(f"ate_bringup: not up after {STARTUP_TIMEOUT_S:.0f} s; missing: "
+                      + ", ".join(missing), file=sys.stderr, flush=True)
+                return
+            self.stop.wait(0.1)
+
+    def run(self, duration_s: float, engage: bool) -> None:
+        self.watch.start_window()
+        has_policy = any(item.node is not None and item.node.executable == "inference_node"
+                         for item in self.plan)
+        engager = Engager(self.watch) if engage and has_policy else None
+        if engage and not has_policy:
+            print("ate_bringup: --engage needs a policy (--checkpoint); staying idle",
+                  file=sys.stderr, flush=True)
+        print(f"ate_bringup: running for {duration_s:g} s" if duration_s > 0 else
+              "ate_bringup: running; Ctrl-C to stop and report", flush=True)
+        end = time.monotonic() + duration_s
+        while not self.stop.is_set() and self.check_children():
+            if engager is not None:
+                engager.step()
+            if duration_s > 0 and time.monotonic() >= end:
+                return
+            self.stop.wait(0.05)
+
+    def safe_stop(self) -> None:
+        """After a process died: latch the supervisor's e-stop while the arms still listen."""
+        supervisor = process_of(self.plan, "supervisor_node")
+        if supervisor is None or not self.procs.alive(supervisor):
+            print("ate_bringup: the supervisor is not running; stopping everything",
+                  file=sys.stderr, flush=True)
+            return
+        answer = self.watch.call(self.watch.estop_client, Trigger.Request(), timeout_s=3.0)
+        print("ate_bringup: e-stop: " + (answer.message if answer is not None else "no answer"),
+              file=sys.stderr, flush=True)
+
+    def snapshot(self) -> Snapshot:
+        snap = self.watch.snapshot()
+        for side, controller in self.controllers.items():
+            if self.procs.alive(controller.spec.name):
+                try:
+                    snap.controllers[side] = controller.state(timeout_s=1.0)
+                except EmulatorUnreachable:
+                    pass
+        return snap
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -139,45 +635,64 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(default_config_path()), help="robot config YAML")
     parser.add_argument("--duration", type=float, default=5.0,
-                        help="seconds to run before reporting (0: until Ctrl-C)")
+                        help="seconds to run once the stack is up, then report (0: until Ctrl-C)")
     parser.add_argument("--domain-id", type=int, default=None,
-                        help="ROS_DOMAIN_ID (default: the environment's)")
+                        help="ROS_DOMAIN_ID of every process (default: the environment's)")
     parser.add_argument("--checkpoint", default="",
                         help="policy checkpoint: also run the inference node on it")
     parser.add_argument("--engage", action="store_true",
                         help="hand control to the policy once it is publishing chunks")
+    parser.add_argument("--log-dir", type=Path, default=None,
+                        help="where each process's output goes (default: a new directory under "
+                             "ROS_LOG_DIR or ~/.ros/log)")
     args = parser.parse_args(argv)
+
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         cfg = load_config(args.config)
     except ConfigError as e:
         print(f"ate_bringup: {e}", file=sys.stderr)
         return 2
-
-    gc.collect()
-    gc.freeze()  # see ate_ros.nodes.arm_node._spin: keep full collections short
-    stop = threading.Event()
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    specs, skipped = in_process(robot_graph(cfg, args.config, urdf_xml="", sim=True,
-                                            checkpoint=args.checkpoint))
-    with SimulatedArms(cfg) as sim, NodeHost(domain_id=args.domain_id, name="bringup") as host:
-        nodes = start_nodes(host, specs)
-        topics: Dict[str, type] = {"/joint_states": JointState}
-        topics.update({f"/{side}_arm/{cfg.topics.arm_joint_states}": JointState
-                       for side, _ in cfg.arms.items()})
-        topics.update({f"{cfg.topics.cameras}/{name}/camera_info": CameraInfo for name in cfg.cameras})
-        topics[cfg.topics.action_chunk] = JointTrajectory
-        topics.update({f"/{side}_arm/{cfg.topics.arm_command}": JointState
-                       for side, _ in cfg.arms.items()})
-        status_node = host.node("bringup_status")
-        watch = TopicWatch(status_node, topics)
-        started = time.monotonic()
-        if args.engage:
-            engage_when_chunks_arrive(status_node, cfg, watch, stop)
-        stop.wait(max(0.0, args.duration - (time.monotonic() - started))
-                  if args.duration > 0 else None)
-        print(report(cfg, sim, nodes, skipped, watch, time.monotonic() - started), flush=True)
-    return 0
+    log_dir = args.log_dir or default_log_dir()
+    try:
+        plan, external = stack_plan(cfg, args.config, args.checkpoint, log_dir / "params")
+    except FileNotFoundError as e:
+        print(f"ate_bringup: {e}", file=sys.stderr)
+        return 2
+    procs = ProcessGroup(log_dir, child_env(args.domain_id))
+    nodes = sum(item.node is not None for item in plan)
+    print(f"ate_bringup: starting {len(plan) - nodes} emulated controllers and {nodes} nodes, "
+          f"one process each; their output goes to {log_dir}", flush=True)
+    with NodeHost(domain_id=args.domain_id, name="bringup") as host:
+        bringup = Bringup(cfg, plan, procs, StackWatch(host.node("bringup_status"), cfg), stop)
+        try:
+            if bringup.start():
+                bringup.wait_until_up()
+            if not bringup.failed and not stop.is_set():
+                bringup.run(args.duration, args.engage)
+            if bringup.failed:
+                bringup.safe_stop()
+            snap = bringup.snapshot()
+        finally:
+            if stop.is_set() or not bringup.failed:
+                print("ate_bringup: stopping", flush=True)
+            exit_codes = procs.stop()
+    clean = True
+    for name, code in exit_codes.items():
+        if name in procs.killed:
+            print(f"ate_bringup: {name} did not end {STOP_TIMEOUT_S:.0f} s after SIGINT; killed",
+                  file=sys.stderr, flush=True)
+            clean = False
+        elif code != 0 and name not in procs.ended_on_their_own:
+            print(f"ate_bringup: {name} exited with code {exit_description(code)} when stopped; "
+                  f"the end of {procs.log_path(name)}:\n{_indented(procs.tail(name))}",
+                  file=sys.stderr, flush=True)
+            clean = False
+    print(report(cfg, plan, external, bringup.watch, snap, procs.pids, exit_codes, log_dir),
+          flush=True)
+    return 1 if bringup.failed or not clean else 0
 
 
 if __name__ == "__main__":

@@ -1,15 +1,24 @@
 """The node graph of the robot, as data: what the launch file starts and what the bringup runs.
 
-Both `launch/bimanual.launch.py` (on a ROS install) and `ate_ros.bringup` (in-process, where
-`launch` is not available) read these lists, so the graph tested here is the graph launched
-on the robot PC.
+Both `launch/bimanual.launch.py` (on a ROS install) and `ate_ros.bringup` (where `launch` is not
+available) read these lists, and both turn a `NodeSpec` into a process the same way: the
+package's executable, ``--ros-args -r __node:=<name> [-r __ns:=<namespace>] --params-file
+<file>``, the file holding the node's parameters as launch_ros writes them. So the graph tested
+here is the graph launched on the robot PC, node for node and parameter for parameter.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import math
+import os
+import sys
+import sysconfig
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from pathlib import Path
+from typing import Callable, ClassVar, Dict, List, Optional, Tuple
+
+import yaml
 
 from ate_core.config import BimanualConfig
 
@@ -26,6 +35,47 @@ class NodeSpec:
     #: Nodes from other packages (robot_state_publisher, rviz2) run only under `ros2 launch`.
     external: bool = False
 
+    @property
+    def fully_qualified_name(self) -> str:
+        """``/left_arm/arm_driver``, ``/supervisor``: how the node shows in the ROS graph."""
+        return f"{self.namespace.rstrip('/')}/{self.name}"
+
+    def launch_parameters(self, as_string: Optional[Callable[[str], object]] = None
+                          ) -> Dict[str, object]:
+        """The parameters as the launch file hands them to ``launch_ros.actions.Node``.
+
+        A string parameter must stay a string whatever it reads like (a checkpoint called
+        ``1.0``, a config file called ``true``): launch would otherwise parse it as YAML. The
+        launch file passes ``as_string=lambda v: ParameterValue(v, value_type=str)``.
+        """
+        wrap = as_string or (lambda v: v)
+        return {k: wrap(v) if isinstance(v, str) else v for k, v in self.parameters.items()}
+
+    def params_file_yaml(self) -> str:
+        """The parameter file launch_ros writes for this node (``launch_params_*``): keyed by
+        the node's full name when it has a namespace, else by ``/**``, as launch_ros does."""
+        key = self.fully_qualified_name if self.namespace else "/**"
+        return yaml.dump({key: {"ros__parameters": dict(self.parameters)}},
+                         default_flow_style=False)
+
+    def ros_arguments(self, params_file: Optional[str] = None) -> List[str]:
+        """``--ros-args`` as launch_ros builds it: the node name and namespace as remaps, then
+        the parameters from ``params_file`` (see `params_file_yaml`), or as ``-p`` rules."""
+        args = ["--ros-args", "-r", f"__node:={self.name}"]
+        if self.namespace:
+            args += ["-r", f"__ns:={self.namespace}"]
+        if params_file is not None:
+            args += ["--params-file", str(params_file)]
+        else:
+            for key, value in self.parameters.items():
+                args += ["-p", f"{key}:={parameter_yaml(value)}"]
+        return args
+
+    def command(self, params_file: Optional[str] = None) -> List[str]:
+        """The node's command line, as ``ros2 run`` or launch_ros runs it."""
+        return [*executable_command(self.executable, self.package),
+                *self.ros_arguments(params_file)]
+
 
 @dataclass(frozen=True)
 class EmulatorSpec:
@@ -38,12 +88,28 @@ class EmulatorSpec:
     push_port: int
     cycle: int
     initial_joints_deg: Tuple[float, ...]
+    #: The emulator's fault-injection and status port on ``ip`` (0: any free one; the emulator
+    #: prints it when it is listening). The bringup reads the packets sent through it.
+    control_port: int = 0
+
+    #: The console script that runs one emulated controller.
+    executable: ClassVar[str] = "ate_realman_emulator"
+
+    @property
+    def name(self) -> str:
+        """The process's name in launch and the bringup: ``emulator_left``."""
+        return f"emulator_{self.side}"
 
     def argv(self) -> List[str]:
         """Arguments of the `ate_realman_emulator` console script."""
         return ["--model", self.model, "--ip", self.ip, "--port", str(self.tcp_port),
                 "--push-port", str(self.push_port), "--cycle", str(self.cycle),
+                "--control-port", str(self.control_port),
                 "--initial-joints-deg", *(f"{q:.6f}" for q in self.initial_joints_deg)]
+
+    def command(self) -> List[str]:
+        """The emulator's whole command line."""
+        return [*executable_command(self.executable), *self.argv()]
 
 
 def robot_graph(cfg: BimanualConfig, config_file: str, urdf_xml: Optional[str] = None,
@@ -87,5 +153,76 @@ def sim_controllers(cfg: BimanualConfig) -> List[EmulatorSpec]:
 
 
 def in_process(specs: List[NodeSpec]) -> Tuple[List[NodeSpec], List[NodeSpec]]:
-    """Split into (nodes this package runs in-process, external nodes left to ros2 launch)."""
+    """Split into (nodes of this package, which the bringup runs too, and external nodes left
+    to ``ros2 launch``)."""
     return [s for s in specs if not s.external], [s for s in specs if s.external]
+
+
+def parameter_yaml(value: object) -> str:
+    """A parameter value as a ``-p name:=value`` rule spells it (rcl reads it as YAML): strings
+    quoted, so that ``'true'`` or ``'1.0'`` stays a string."""
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(parameter_yaml(v) for v in value) + "]"
+    return repr(value)
+
+
+def _ament_executable(package: str, executable: str) -> Optional[Path]:
+    """``<prefix>/lib/<package>/<executable>`` from the ament index, where ``ros2 run`` looks."""
+    try:
+        from ament_index_python.packages import PackageNotFoundError, get_package_prefix
+    except ImportError:
+        return None
+    try:
+        path = Path(get_package_prefix(package)) / "lib" / package / executable
+    except (PackageNotFoundError, ValueError, OSError):  # OSError: AMENT_PREFIX_PATH unset
+        return None
+    return path if os.access(path, os.X_OK) and path.is_file() else None
+
+
+def _entry_point(package: str, executable: str) -> Optional[str]:
+    """``module:function`` of a console script of ``package`` (setup.py ``NODES``/``TOOLS``)."""
+    try:
+        points = importlib.metadata.distribution(package).entry_points
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for point in points:
+        if point.group == "console_scripts" and point.name == executable:
+            return point.value
+    return None
+
+
+def script_dirs() -> List[str]:
+    """Where pip puts this interpreter's console scripts (a venv's ``bin/``)."""
+    return [sysconfig.get_path("scripts"), os.path.dirname(sys.executable)]
+
+
+def executable_command(executable: str, package: str = "ate_ros") -> List[str]:
+    """How to run an executable of ``package``, found the way ``ros2 run`` finds it.
+
+    First ``lib/<package>/`` of the package's install prefix (a colcon workspace that is
+    sourced); then, for this package, the console script beside the running interpreter (a
+    venv's ``bin/``, where pip puts it); else this interpreter runs the script's entry point,
+    so a checkout whose scripts are not installed still starts every node. Other packages'
+    executables (robot_state_publisher) come only from the ament index.
+    """
+    found = _ament_executable(package, executable)
+    if found is not None:
+        return [str(found)]
+    if package != "ate_ros":
+        raise FileNotFoundError(f"executable {executable!r} of package {package!r} not found "
+                                f"(no ament index entry: source the workspace's setup file)")
+    target = _entry_point(package, executable)
+    if target is None:
+        raise FileNotFoundError(f"{executable!r} is not a console script of {package} "
+                                f"(see NODES and TOOLS in setup.py; reinstall the package)")
+    for scripts in script_dirs():
+        path = Path(scripts) / executable
+        if os.access(path, os.X_OK) and path.is_file():
+            return [str(path)]
+    module, function = target.split(":")
+    return [sys.executable, "-c",
+            f"import sys; from {module} import {function}; sys.exit({function}())"]

@@ -13,19 +13,24 @@ single-threaded one). Callbacks must therefore never block; long work goes to a 
 from __future__ import annotations
 
 import gc
+import signal
 import threading
-from typing import Callable, List, Optional, TypeVar
+from typing import Callable, List, Optional, Sequence, TypeVar
 
 import rclpy
 from rclpy.context import Context
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
+from rclpy.signals import SignalHandlerOptions
 
 N = TypeVar("N", bound=Node)
 
 #: How long a thread woken by I/O may wait for the GIL (Python's default is 5 ms: half a
 #: control period). Lower means a little more switching overhead for much shorter tails.
 GIL_SWITCH_INTERVAL_S = 0.0005
+
+#: Longest time a node executable takes to notice SIGINT or SIGTERM (see ``spin_nodes``).
+SIGNAL_POLL_S = 0.1
 
 
 class NodeHost:
@@ -83,28 +88,54 @@ class NodeHost:
         self.close()
 
 
-def spin_nodes(nodes: List[Node]) -> None:
-    """``main()`` of a node executable: spin ``nodes`` until Ctrl-C, then destroy them cleanly.
+def run_nodes(make_nodes: Callable[[], List[Node]],
+              args: Optional[Sequence[str]] = None) -> None:
+    """``main()`` of a node executable: init, make the nodes, spin them until SIGINT or SIGTERM,
+    then destroy them cleanly and return (exit status 0).
+
+    The signals are this function's from the first instruction on, before rclpy starts and
+    before the nodes are made (loading a model or connecting an arm takes seconds): a signal
+    that comes meanwhile ends the process as cleanly as one that comes later, never with a
+    traceback, and is never lost (rclpy's handler, had it been installed, would have shut the
+    context down under a node still being made, and that node then ran on, deaf to the signal).
+
+    rclpy's own handler would also shut the context down from another thread the moment the
+    signal comes, under the running executor: a message take under way then fails inside rclpy
+    (a ``RuntimeError`` from ``take_message``: the joint-state aggregator exited 1 on 2 of 16
+    SIGINT shutdowns), and a node can no longer talk while it shuts down (the supervisor telling
+    the arms to stop). Here the signal only asks the spin to end: the loop ends between two
+    callbacks, the nodes are destroyed while the context is still up, and the context is shut
+    down last. Python runs a signal handler only once the main thread is back in the
+    interpreter, not inside rcl's wait, hence the bounded wait of ``SIGNAL_POLL_S``.
 
     Full garbage collections over everything imported by then (rclpy, numpy, torch, the SDK)
     pause every thread for tens of ms: long enough to look like a silent controller or a missed
     control tick. Moving those objects out of the collector's reach first keeps pauses short.
     """
-    gc.collect()
-    gc.freeze()
-    executor = SingleThreadedExecutor()
-    for node in nodes:
-        executor.add_node(node)
+    stop = threading.Event()
+    previous = {signum: signal.signal(signum, lambda *_: stop.set())
+                for signum in (signal.SIGINT, signal.SIGTERM)}
+    nodes: List[Node] = []
+    executor: Optional[SingleThreadedExecutor] = None
     try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except Exception:
-        # On SIGINT rclpy shuts the context down under the executor; a take that was under way
-        # then fails inside rclpy. That is the shutdown, not an error; anything else is.
-        if rclpy.ok():
-            raise
-    finally:
+        rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+        nodes = make_nodes()
+        gc.collect()
+        gc.freeze()
+        executor = SingleThreadedExecutor()
         for node in nodes:
-            node.destroy_node()
-        rclpy.try_shutdown()
+            executor.add_node(node)
+        while not stop.is_set() and executor.context.ok():
+            executor.spin_once(timeout_sec=SIGNAL_POLL_S)
+    except ExternalShutdownException:
+        pass  # rclpy shut down by someone else
+    finally:
+        try:
+            for node in nodes:
+                node.destroy_node()
+            if executor is not None:
+                executor.shutdown(timeout_sec=0)
+            rclpy.try_shutdown()
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)

@@ -1,5 +1,5 @@
 """The dual-arm robot: ``ros2 launch ate_ros bimanual.launch.py [sim:=true] [config_file:=...]
-[checkpoint:=...] [rviz:=true]``.
+[checkpoint:=...] [rviz:=true] [emulator_log_dir:=...]``.
 
 Everything starts idle: the supervisor commands nothing until ``/ate/engage`` is called
 (``ros2 service call /ate/engage std_srvs/srv/SetBool "{data: true}"``); ``/ate/estop`` latches a
@@ -7,17 +7,28 @@ stop that only ``/ate/rearm`` releases.
 
 ``sim:=true`` starts an emulator of each arm's controller on loopback (the `sim` section of the
 config) and points the arm drivers at them; everything else is the real-robot graph.
+``emulator_log_dir:=DIR`` has each emulator write what it received to
+``DIR/emulator_<arm>.jsonl`` (JSON lines; tests read them).
 
 The node list comes from ``ate_ros.graph.robot_graph``, the same function the in-process
 bringup (``ate_bringup``) runs, and the URDF is generated from the same config file.
+
+Nodes of other packages (robot_state_publisher; rviz2 with ``rviz:=true``) start only where
+they are installed: a missing one is skipped with a line that says what is lost and how to
+install it, before anything starts. (A launch that names a missing package fails after starting
+the nodes before it, and leaves those running.)
+
+Ctrl-C (SIGINT to every process at once) stops the arms: the supervisor, when engaged, asks
+each arm to stop; each arm node that was streaming commands stops its controller itself on the
+way out; the emulators (sim) serve until their drivers have disconnected, for 1 s at most.
 """
 
 import os
+from typing import Optional
 
-from ament_index_python.packages import get_package_prefix
+from ament_index_python.packages import PackageNotFoundError, get_package_prefix
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, ExecuteProcess, OpaqueFunction
-from launch.conditions import IfCondition
+from launch.actions import DeclareLaunchArgument, ExecuteProcess, LogInfo, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
@@ -28,26 +39,84 @@ from ate_core.robot.urdf import bimanual_urdf
 from ate_ros.graph import robot_graph, sim_controllers
 from ate_ros.resources import share_dir
 
+#: What the robot loses without a node of another package.
+WITHOUT = {
+    "robot_state_publisher": "no /robot_description and no TF of the robot model (RViz shows "
+                             "no robot); the arms, cameras and supervisor run without it",
+    "rviz2": "no RViz window; everything else runs",
+}
+
+
+def _flag(context, name: str) -> bool:
+    return LaunchConfiguration(name).perform(context).strip().lower() in ("true", "1", "yes", "on")
+
+
+def missing(package: str, executable: str) -> Optional[str]:
+    """Why ``package``'s ``executable`` cannot start here, or None if it can."""
+    try:
+        prefix = get_package_prefix(package)
+    except PackageNotFoundError:
+        return f"package '{package}' is not installed (not on AMENT_PREFIX_PATH)"
+    if not os.access(os.path.join(prefix, "lib", package, executable), os.X_OK):
+        return f"package '{package}' at {prefix} has no executable '{executable}'"
+    return None
+
+
+def skipped(package: str, executable: str, reason: str) -> LogInfo:
+    """The line that says what is not started, what that costs, and how to install it."""
+    distro = os.environ.get("ROS_DISTRO") or "$ROS_DISTRO"
+    cost = f" Without it: {WITHOUT[package]}." if package in WITHOUT else ""
+    return LogInfo(msg=(
+        f"not starting {executable}: {reason}.{cost} Install it with "
+        f"`sudo apt install ros-{distro}-{package.replace('_', '-')}` (on the robot PC, "
+        f"`rosdep install --from-paths src --ignore-src -y` in the workspace installs every "
+        f"dependency of ate_ros)."))
+
 
 def _robot_nodes(context):
     config_file = LaunchConfiguration("config_file").perform(context)
-    sim = LaunchConfiguration("sim").perform(context).lower() in ("true", "1", "yes")
+    sim = _flag(context, "sim")
     checkpoint = LaunchConfiguration("checkpoint").perform(context)
+    log_dir = LaunchConfiguration("emulator_log_dir").perform(context)
     cfg = load_config(config_file)
     urdf = bimanual_urdf(layout_from_config(cfg), robot_name=cfg.robot_name)
-    actions = []
+    specs = robot_graph(cfg, config_file, urdf_xml=urdf, sim=sim, checkpoint=checkpoint)
+
+    # Every package check comes before any action: a missing package is skipped with a line,
+    # never a failure after the nodes before it have started.
+    notes, runnable = [], []
+    for spec in specs:
+        reason = missing(spec.package, spec.executable) if spec.external else None
+        if reason is None:
+            runnable.append(spec)
+        else:
+            notes.append(skipped(spec.package, spec.executable, reason))
+    rviz = []
+    if _flag(context, "rviz"):
+        reason = missing("rviz2", "rviz2")
+        if reason is None:
+            rviz.append(Node(package="rviz2", executable="rviz2", output="log",
+                             arguments=["-d", str(share_dir() / "config" / "ate.rviz")]))
+        else:
+            notes.append(skipped("rviz2", "rviz2", reason))
+
+    actions = list(notes)
     if sim:
         emulator = os.path.join(get_package_prefix("ate_ros"), "lib", "ate_ros",
                                 "ate_realman_emulator")
-        actions += [ExecuteProcess(cmd=[emulator, *spec.argv()], name=f"emulator_{spec.side}",
-                                   output="screen") for spec in sim_controllers(cfg)]
-    for spec in robot_graph(cfg, config_file, urdf_xml=urdf, sim=sim, checkpoint=checkpoint):
+        if log_dir:
+            os.makedirs(log_dir, exist_ok=True)
+        for spec in sim_controllers(cfg):
+            log = ["--log", os.path.join(log_dir, f"emulator_{spec.side}.jsonl")] if log_dir else []
+            actions.append(ExecuteProcess(cmd=[emulator, *spec.argv(), *log],
+                                          name=f"emulator_{spec.side}", output="screen"))
+    for spec in runnable:
         params = {k: ParameterValue(v, value_type=str) if isinstance(v, str) else v
                   for k, v in spec.parameters.items()}
         actions.append(Node(package=spec.package, executable=spec.executable, name=spec.name,
                             namespace=spec.namespace or None, parameters=[params],
                             output="screen", emulate_tty=True))
-    return actions
+    return actions + rviz
 
 
 def generate_launch_description():
@@ -61,8 +130,10 @@ def generate_launch_description():
                               description="policy checkpoint for the inference node "
                                           "(default: the config's inference.checkpoint; none: "
                                           "no inference node)"),
-        DeclareLaunchArgument("rviz", default_value="false", description="start RViz"),
+        DeclareLaunchArgument("rviz", default_value="false",
+                              description="start RViz (where rviz2 is installed)"),
+        DeclareLaunchArgument("emulator_log_dir", default_value="",
+                              description="sim: each emulator logs what it received to "
+                                          "DIR/emulator_<arm>.jsonl (default: no log)"),
         OpaqueFunction(function=_robot_nodes),
-        Node(package="rviz2", executable="rviz2", arguments=["-d", str(share / "config" / "ate.rviz")],
-             condition=IfCondition(LaunchConfiguration("rviz")), output="log"),
     ])

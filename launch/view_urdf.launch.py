@@ -1,11 +1,17 @@
 """Look at the robot model: ``ros2 launch ate_ros view_urdf.launch.py [config_file:=...]``.
 
 robot_state_publisher with the URDF generated from the config, sliders for every joint
-(joint_state_publisher_gui) and RViz.
+(joint_state_publisher_gui) and RViz. Each of the three comes from another package; one that is
+not installed is skipped with a line that says how to install it (nothing of this launch needs
+the other two to start).
 """
 
+import os
+from typing import Optional
+
+from ament_index_python.packages import PackageNotFoundError, get_package_prefix
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
@@ -16,14 +22,37 @@ from ate_core.robot.urdf import bimanual_urdf
 from ate_ros.resources import share_dir
 
 
+def missing(package: str, executable: str) -> Optional[str]:
+    """Why ``package``'s ``executable`` cannot start here, or None if it can."""
+    try:
+        prefix = get_package_prefix(package)
+    except PackageNotFoundError:
+        return f"package '{package}' is not installed (not on AMENT_PREFIX_PATH)"
+    if not os.access(os.path.join(prefix, "lib", package, executable), os.X_OK):
+        return f"package '{package}' at {prefix} has no executable '{executable}'"
+    return None
+
+
 def _model_nodes(context):
     cfg = load_config(LaunchConfiguration("config_file").perform(context))
     urdf = bimanual_urdf(layout_from_config(cfg), robot_name=cfg.robot_name)
-    return [
-        Node(package="robot_state_publisher", executable="robot_state_publisher",
-             parameters=[{"robot_description": ParameterValue(urdf, value_type=str)}]),
-        Node(package="joint_state_publisher_gui", executable="joint_state_publisher_gui"),
+    wanted = [
+        ("robot_state_publisher", "robot_state_publisher",
+         {"parameters": [{"robot_description": ParameterValue(urdf, value_type=str)}]}),
+        ("joint_state_publisher_gui", "joint_state_publisher_gui", {}),
+        ("rviz2", "rviz2", {"arguments": ["-d", str(share_dir() / "config" / "ate.rviz")]}),
     ]
+    distro = os.environ.get("ROS_DISTRO") or "$ROS_DISTRO"
+    notes, nodes = [], []
+    for package, executable, kwargs in wanted:
+        reason = missing(package, executable)
+        if reason is None:
+            nodes.append(Node(package=package, executable=executable, **kwargs))
+        else:
+            notes.append(LogInfo(msg=(
+                f"not starting {executable}: {reason}. Install it with `sudo apt install "
+                f"ros-{distro}-{package.replace('_', '-')}`.")))
+    return notes + nodes
 
 
 def generate_launch_description():
@@ -31,5 +60,4 @@ def generate_launch_description():
     return LaunchDescription([
         DeclareLaunchArgument("config_file", default_value=str(share / "config" / "bimanual.yaml")),
         OpaqueFunction(function=_model_nodes),
-        Node(package="rviz2", executable="rviz2", arguments=["-d", str(share / "config" / "ate.rviz")]),
     ])

@@ -5,6 +5,10 @@ set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${ATE_VENV:-$root/.venv}"
+# The ROS 2 launch system (launch, launch_ros, launch_testing, ros2cli) is not on PyPI; where a
+# wheelhouse of it sits beside the checkout it goes into the venv too, so `ros2 launch` and the
+# launch tests run here. A robot PC has these from its ROS install and no such folder.
+launch_wheels="$root/../shared/ros2_launch"
 
 pick_python() {
   # The ROS 2 wheels on PyPI are built for CPython 3.11.
@@ -20,8 +24,12 @@ pick_python() {
 }
 
 stamp_of_inputs() {
-  cat "$root/requirements.txt" "$root/setup.py" "$root/setup.cfg" "$root/package.xml" \
-    | sha256sum | cut -d' ' -f1
+  {
+    cat "$root/requirements.txt" "$root/setup.py" "$root/setup.cfg" "$root/package.xml"
+    if [ -x "$launch_wheels/install.sh" ]; then
+      cat "$launch_wheels/install.sh" "$launch_wheels/wheels/SHA256SUMS"
+    fi
+  } | sha256sum | cut -d' ' -f1
 }
 
 want="$(stamp_of_inputs)"
@@ -39,4 +47,13 @@ echo "bootstrap: installing pinned dependencies into $venv" >&2
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$root/requirements.txt"
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps \
   --no-build-isolation -e "$root"
+if [ -x "$launch_wheels/install.sh" ]; then
+  echo "bootstrap: installing the ROS 2 launch system from $(cd "$launch_wheels" && pwd)" >&2
+  # Offline and pinned; its progress is noise unless it fails.
+  if ! log="$("$launch_wheels/install.sh" "$venv" 2>&1)"; then
+    echo "$log" >&2
+    echo "bootstrap: installing the ROS 2 launch system failed" >&2
+    exit 1
+  fi
+fi
 echo "$want" > "$stamp"

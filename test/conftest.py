@@ -8,11 +8,15 @@ on one machine (or xdist workers) do not hear each other.
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import itertools
 import os
 import random
+import signal
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -74,6 +78,37 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
 
 def free_udp_port() -> int:
     return free_push_port()
+
+
+def _busy_loop_process() -> subprocess.Popen:
+    """An unrelated process that keeps one core busy (at normal priority) until killed; it dies
+    with the test session even if that is killed."""
+    def die_with_parent() -> None:
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+    return subprocess.Popen([sys.executable, "-c", "while True: pass"],
+                            preexec_fn=die_with_parent)
+
+
+def pytest_report_header(config) -> str:
+    if os.environ.get("ATE_TEST_LOAD") == "1":
+        return "ATE_TEST_LOAD=1: one core kept busy by a background busy loop for the whole session"
+    return ""
+
+
+@pytest.fixture(scope="session", autouse=True)
+def busy_core() -> Iterator[None]:
+    """``ATE_TEST_LOAD=1``: run the session beside a busy loop, as on a robot PC (or a CI box)
+    that has other work. Tests must hold there too: they wait for events, not for rates."""
+    if os.environ.get("ATE_TEST_LOAD") != "1":
+        yield
+        return
+    proc = _busy_loop_process()
+    try:
+        yield
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def pytest_sessionstart(session) -> None:

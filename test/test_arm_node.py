@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import List
 
+import pytest
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from sensor_msgs.msg import JointState
@@ -23,6 +24,8 @@ from ate_ros.sim.realman_emulator import RealManEmulator
 from conftest import free_port, next_loopback_ip, sdk_push_port
 
 from arm_rig import SIDES, Rig, command_msg, emulated_arms, home_deg, measured, robot_config  # noqa: F401
+
+pytestmark = pytest.mark.ros  # real DDS / RealMan SDK: CI runs these with a core kept busy too
 
 
 def test_both_arms_publish_joint_states_at_the_push_rate_for_10_s(ros):

@@ -24,6 +24,8 @@ from ate_ros.nodes.camera_node import CameraNode
 from ate_ros.sim.camera_pattern import frame_number
 from conftest import REPO
 
+pytestmark = pytest.mark.ros  # real DDS / RealMan SDK: CI runs these with a core kept busy too
+
 TOPIC = "/cameras/head"
 
 

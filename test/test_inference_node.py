@@ -28,6 +28,8 @@ from ate_ros.images import rgb_to_image
 from ate_ros.nodes.inference_node import InferenceNode
 from test_policy_runner import HORIZON, PERIOD_NS, make_data, train_tiny_policy
 
+pytestmark = pytest.mark.ros  # real DDS / RealMan SDK: CI runs these with a core kept busy too
+
 REPO = Path(__file__).resolve().parents[1]
 JOINTS = default_joint_names("rm75_bimanual")
 

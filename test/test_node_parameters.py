@@ -10,6 +10,8 @@ from ate_ros.nodes.joint_state_aggregator import JointStateAggregator
 from ate_ros.params import declare_config
 from rclpy.node import Node
 
+pytestmark = pytest.mark.ros  # real DDS / RealMan SDK: CI runs these with a core kept busy too
+
 
 def test_parameters_default_to_the_config_file(ros, repo, tmp_path):
     data = yaml.safe_load((repo / "config/bimanual.yaml").read_text())

@@ -37,6 +37,8 @@ from ate_ros.drivers.realman_sdk import PushSample as SdkPush
 from ate_ros.drivers.realman_sdk import SdkArm, sdk
 from ate_ros.sim.realman_emulator import JsonObjectStream, RealManEmulator
 
+pytestmark = pytest.mark.ros  # real DDS / RealMan SDK: CI runs these with a core kept busy too
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # ---- SDK plumbing: the process-wide SDK access the driver uses (one rm_init, one callback) -----

@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 import time
 
+import pytest
 from std_msgs.msg import String
 
 from ate_ros.node_host import NodeHost
 from conftest import next_domain_id
+
+pytestmark = pytest.mark.ros  # real DDS / RealMan SDK: CI runs these with a core kept busy too
 
 
 def _native_threads() -> int:

@@ -6,6 +6,7 @@ import dataclasses
 import time
 from typing import Dict
 
+import pytest
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray
 from sensor_msgs.msg import JointState
@@ -17,6 +18,8 @@ from ate_core.runtime.chunk import make_chunk
 from ate_ros.chunk_msgs import chunk_to_trajectory
 from ate_ros.nodes.supervisor_node import SupervisorNode
 from arm_rig import SIDES, emulated_arms
+
+pytestmark = pytest.mark.ros  # real DDS / RealMan SDK: CI runs these with a core kept busy too
 
 MS = 1_000_000
 

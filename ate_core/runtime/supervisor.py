@@ -253,8 +253,9 @@ class Supervisor:
 
     def tick(self, now_ns: int) -> TickOutput:
         faults = self.watchdogs.check(now_ns)
-        for fault in faults:  # count onsets, not ticks
-            if all((f.rule, f.source) != (fault.rule, fault.source) for f in self._active_faults):
+        for fault in faults:  # count onsets, not ticks; a source never heard yet is starting up
+            if fault.age_s != float("inf") and all(
+                    (f.rule, f.source) != (fault.rule, fault.source) for f in self._active_faults):
                 self.counts[(fault.rule, fault.source)] += 1
         self._active_faults = faults
         stop, self._pending_stop = self._pending_stop, ()

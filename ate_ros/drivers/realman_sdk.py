@@ -34,11 +34,18 @@ The SDK has process-level state that every arm shares, so it lives here once:
   therefore queues request/reply calls on a process-wide lock of its own, so at most one is
   inside the SDK; the calls that expect no reply (``*_canfd``, ``*_follow``) go straight
   through.
+- The SDK's UDP thread runs until the process ends and calls the realtime callback for every
+  push. After Python has begun to shut down, a call into Python crashes the process (SIGSEGV
+  in ``PyGILState_Ensure``: seen in 1 of 6 Ctrl-C stops of an arm node while its controller
+  kept pushing, more under load). At interpreter exit the callback is therefore replaced by a
+  C function that does nothing (:meth:`_Sdk.silence`).
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import ctypes
 import functools
 import math
 import os
@@ -207,6 +214,8 @@ class _Sdk:
         self._initialised = False
         self._handlers: Dict[str, Tuple[int, PushHandler]] = {}
         self._callback = rm_realtime_arm_state_callback_ptr(self._on_push)
+        self._callback_owner: Optional[RoboticArm] = None
+        self._noop: Any = None
 
     def new_arm(self) -> SdkArm:
         with self._lock, _sdk_call("rm_init"):
@@ -215,7 +224,22 @@ class _Sdk:
             arm = RoboticArm(rm_thread_mode_e.RM_TRIPLE_MODE_E)  # rm_init: starts the SDK's threads
             arm.rm_realtime_arm_state_call_back(self._callback)
             self._initialised = True
+            self._callback_owner = arm
+            atexit.register(self.silence)  # runs before Python stops accepting calls
             return SdkArm(arm)
+
+    def silence(self) -> None:
+        """Point the SDK's realtime callback at a C function that ignores its argument, so that
+        pushes arriving while Python shuts down never call into it. ``sched_yield`` takes no
+        argument; a C caller cleans up its own arguments, so the push it is handed is harmless."""
+        owner = self._callback_owner
+        if owner is None:
+            return
+        self._handlers.clear()
+        noop = ctypes.cast(ctypes.CDLL(None).sched_yield, rm_realtime_arm_state_callback_ptr)
+        with signals_deferred():  # a local registration: no reply, so no request lock to wait for
+            owner.rm_realtime_arm_state_call_back(noop)
+        self._noop = noop  # the SDK keeps the pointer: keep the object alive
 
     def subscribe(self, arm_ip: str, dof: int, handler: PushHandler) -> None:
         with self._lock:

@@ -20,7 +20,6 @@ import threading
 import time
 from typing import Dict, Optional, Sequence, Tuple
 
-import rclpy
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool
@@ -33,17 +32,24 @@ from ate_ros.conversions import sample_to_joint_state
 from ate_ros.diagnostics import ERROR, OK, STALE, WARN, diagnostic_array, diagnostic_status
 from ate_ros.drivers.realman_arm import ArmState, Link, RealManArm
 from ate_ros.drivers.realman_sdk import describe_error
-from ate_ros.node_host import spin_nodes
+from ate_ros.node_host import run_nodes
 from ate_ros.params import declare_config
+from ate_ros.realtime import raise_to_fifo
 from diagnostic_msgs.msg import DiagnosticArray
 
 #: A command stream that pauses longer than this restarts from the measured position.
 STREAM_GAP_S = 0.1
+#: A node shut down within this long of its last command stops the controller.
+SHUTDOWN_STOP_WINDOW_S = 1.0
 
 
 class ArmNode(Node):
     def __init__(self, side: Optional[str] = None, config: Optional[BimanualConfig] = None,
-                 sim: Optional[bool] = None, **kwargs) -> None:
+                 sim: Optional[bool] = None, realtime: bool = False, **kwargs) -> None:
+        """``realtime``: this process is the arm's own (``main``): the constructing thread, which
+        goes on to spin the node, and every thread started from here on (the SDK's state-push
+        and reply threads, the driver's worker and watchdog) run at the arm's SCHED_FIFO
+        ``realtime_priority``. Tests that host nodes in their own process leave it off."""
         # Under `ros2 run`, the arm comes as a parameter and the namespace as a remap
         # (`-r __ns:=/right_arm -p arm:=right`); launch and bringup set both.
         namespace = kwargs.pop("namespace", None) or (f"/{side}_arm" if side else None)
@@ -61,6 +67,9 @@ class ArmNode(Node):
         self._names = (*self.arm_cfg.joint_names, self.arm_cfg.gripper_joint)
         self._rejected: Dict[str, int] = {}
         self._last_command: Optional[Tuple[Tuple[float, ...], float]] = None
+        #: When the last command came (monotonic s), sent on or not: it says the arm is being
+        #: driven, whatever the link did since (a stale period resets `_last_command`).
+        self._commanded_at = float("-inf")
         self._checker: Optional[CommandChecker] = None
         self._pushes_at_report = (0, time.monotonic())
         self._lock = threading.Lock()
@@ -82,15 +91,30 @@ class ArmNode(Node):
         self._home_thread: Optional[threading.Thread] = None
         self.create_timer(1.0, self._publish_diagnostics)
 
+        # Before the driver starts its threads and the SDK its own: they inherit the policy.
+        self.realtime = realtime and raise_to_fifo(self.arm_cfg.realtime_priority,
+                                                   self.get_logger().warning,
+                                                   f"{side} arm driver")
         self.driver = RealManArm(side, self.arm_cfg, on_state=self._on_state,
                                  on_link=self._on_link,
                                  gripper_max_opening_m=cfg.gripper.max_opening_m)
         self.driver.start()
 
     def destroy_node(self) -> None:
-        # On Ctrl-C rclpy shuts the context down before nodes are destroyed; from here on the
-        # driver's callbacks must not publish.
+        # From here on the driver's callbacks must not publish.
         self._closing = True
+        homing = self._home_thread is not None and self._home_thread.is_alive()
+        commanded = time.monotonic() - self._commanded_at <= SHUTDOWN_STOP_WINDOW_S
+        if (homing or commanded) and self.driver.link is not Link.CLOSED:
+            # The arm was moving on our commands. `ros2 launch` signals the supervisor and this
+            # node at once, so the supervisor's stop request may find this node already gone:
+            # the controller is stopped here, not left holding or chasing the last target.
+            rc = self.driver.stop_motion()
+            if rc == 0:
+                self.get_logger().info(f"{self.side} arm stopped on shutdown")
+            else:
+                self.get_logger().error(f"{self.side} arm: stop on shutdown failed "
+                                        f"(SDK returned {rc})")
         self.driver.close()
         if self._home_thread is not None:
             self._home_thread.join(5.0)
@@ -156,6 +180,7 @@ class ArmNode(Node):
         return state.positions_rad if state is not None else None
 
     def _on_command(self, msg: JointState) -> None:
+        self._commanded_at = time.monotonic()
         checker = self._checker
         if checker is None or self.driver.link is not Link.READY:
             self._reject("not_ready", f"controller link is {self.driver.link.value}")
@@ -236,7 +261,9 @@ class ArmNode(Node):
         with self._lock:
             rejected = dict(self._rejected)
         values = {"link": d.link.value, "ip": f"{self.arm_cfg.ip}:{self.arm_cfg.tcp_port}",
+                  "realtime": self.realtime,
                   "udp_port": self.arm_cfg.udp_port, "state_rate_hz": f"{rate:.1f}",
+                  "states_received": d.stats.pushes,
                   "commands_sent": d.stats.commands_sent, "commands_refused": d.stats.commands_refused,
                   "reconnects": d.stats.reconnects, "stale_periods": d.stats.stale_periods,
                   "last_fault": d.stats.last_fault,
@@ -252,14 +279,12 @@ class ArmNode(Node):
 
 def main(args: Optional[Sequence[str]] = None) -> None:
     """``ros2 run ate_ros arm_node --ros-args -r __ns:=/left_arm -p arm:=left``."""
-    rclpy.init(args=args)
-    spin_nodes([ArmNode()])
+    run_nodes(lambda: [ArmNode(realtime=True)], args)
 
 
 def main_both(args: Optional[Sequence[str]] = None) -> None:
     """``ros2 run ate_ros arm_nodes``: both arms in one process (one SDK instance)."""
-    rclpy.init(args=args)
-    spin_nodes([ArmNode("left"), ArmNode("right")])
+    run_nodes(lambda: [ArmNode("left"), ArmNode("right")], args)
 
 
 if __name__ == "__main__":

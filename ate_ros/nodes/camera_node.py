@@ -30,7 +30,7 @@ from ate_ros.conversions import ns_to_stamp
 from ate_ros.diagnostics import ERROR, OK, WARN, diagnostic_array, diagnostic_status
 from ate_ros.drivers.camera_sources import CameraError, CameraSource, Frame, open_source
 from ate_ros.images import rgb_to_image, rgb_to_jpeg
-from ate_ros.node_host import spin_nodes
+from ate_ros.node_host import run_nodes
 from ate_ros.params import declare_config
 
 T = TypeVar("T")
@@ -202,16 +202,17 @@ class CameraNode(Node):
 
 def main(args: Optional[Sequence[str]] = None) -> None:
     """``ros2 run ate_ros camera_node --ros-args -p camera:=head [-p sim:=true]``."""
-    rclpy.init(args=args)
-    spin_nodes([CameraNode()])
+    run_nodes(lambda: [CameraNode()], args)
 
 
 def main_all(args: Optional[Sequence[str]] = None) -> None:
     """``ros2 run ate_ros camera_nodes``: every configured camera in one process."""
-    rclpy.init(args=args)
-    cfg, sim = _startup_value(lambda n: (declare_config(n),
-                                         n.declare_parameter("sim", False).value))
-    spin_nodes([CameraNode(name, cfg, sim=sim) for name in cfg.cameras])
+    def make_nodes():
+        cfg, sim = _startup_value(lambda n: (declare_config(n),
+                                             n.declare_parameter("sim", False).value))
+        return [CameraNode(name, cfg, sim=sim) for name in cfg.cameras]
+
+    run_nodes(make_nodes, args)
 
 
 if __name__ == "__main__":

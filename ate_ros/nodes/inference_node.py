@@ -23,7 +23,6 @@ import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-import rclpy
 from rclpy.logging import get_logger
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.node import Node
@@ -44,7 +43,7 @@ from ate_ros.conversions import ns_to_stamp, stamp_to_ns
 from ate_ros.diagnostics import ERROR, OK, STALE, WARN, diagnostic_array, diagnostic_status
 from ate_ros.images import ImageFormatError, image_to_rgb
 from ate_ros.markers import chunk_markers
-from ate_ros.node_host import spin_nodes
+from ate_ros.node_host import run_nodes
 from ate_ros.params import declare_config
 
 __all__ = ["InferenceNode", "main"]
@@ -329,14 +328,11 @@ class InferenceNode(Node):
 
 def main(args: Optional[Sequence[str]] = None) -> None:
     """``ros2 run ate_ros inference_node --ros-args -p inference.checkpoint:=/path/to/checkpoint``."""
-    rclpy.init(args=args)
     try:
-        node = InferenceNode()
+        run_nodes(lambda: [InferenceNode()], args)
     except (ConfigError, CheckpointError) as e:
         get_logger("inference").fatal(f"cannot start: {e}")
-        rclpy.try_shutdown()
         sys.exit(2)
-    spin_nodes([node])
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
@@ -19,7 +18,7 @@ from sensor_msgs.msg import JointState
 from ate_core.config import BimanualConfig
 from ate_core.runtime.joint_states import JointStateMerger, JointStateRejected
 from ate_ros.conversions import joint_state_to_sample, sample_to_joint_state
-from ate_ros.node_host import spin_nodes
+from ate_ros.node_host import run_nodes
 from ate_ros.params import declare_config
 
 
@@ -64,8 +63,7 @@ class JointStateAggregator(Node):
 
 
 def main(args: Optional[Sequence[str]] = None) -> None:
-    rclpy.init(args=args)
-    spin_nodes([JointStateAggregator()])
+    run_nodes(lambda: [JointStateAggregator()], args)
 
 
 if __name__ == "__main__":

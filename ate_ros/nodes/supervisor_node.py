@@ -17,7 +17,6 @@ instead; everything else (including the e-stop's controller stop) is live.
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 import time
@@ -25,7 +24,6 @@ from collections import deque
 from typing import Deque, Dict, Optional, Sequence
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
@@ -40,8 +38,9 @@ from ate_core.runtime.supervisor import Mode, Supervisor, TickOutput
 from ate_ros.chunk_msgs import trajectory_to_chunk
 from ate_ros.conversions import ns_to_stamp
 from ate_ros.diagnostics import ERROR, OK, WARN, diagnostic_array, diagnostic_status
-from ate_ros.node_host import GIL_SWITCH_INTERVAL_S, spin_nodes
+from ate_ros.node_host import GIL_SWITCH_INTERVAL_S, run_nodes
 from ate_ros.params import declare_config
+from ate_ros.realtime import raise_to_fifo
 
 
 class TickTiming:
@@ -124,6 +123,49 @@ class SupervisorNode(Node):
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(2.0)
+        # Shut down while commanding the arms (SIGINT to the launch): each arm's last target
+        # would stand. No tick can follow to undo it, so each arm is told to stop and given half
+        # a second to answer. Under `ros2 launch` the arm nodes get the same signal and stop
+        # their controllers themselves; an arm node that is gone already is no error then.
+        with self._lock:
+            commanding = self.supervisor.mode in (Mode.ENGAGED, Mode.DISENGAGING)
+        if commanding and not self.context.ok():
+            self.get_logger().error("shut down while commanding the arms, with ROS already "
+                                    "shut down: the arms were not told to stop")
+        elif commanding:
+            from rclpy.executors import SingleThreadedExecutor
+
+            stop_answer_s = 0.5
+            log = self.get_logger()
+            calls = {}
+            for side, client in self._stop_clients.items():
+                if client.service_is_ready():
+                    calls[side] = client.call_async(Trigger.Request())
+                else:
+                    log.warning(f"shut down while commanding the arms: /{side}_arm/stop is not "
+                                f"available")
+            # The spinning executor has stopped; the answers need one for this moment.
+            executor = SingleThreadedExecutor(context=self.context)
+            executor.add_node(self)
+            try:
+                deadline = time.monotonic() + stop_answer_s
+                while (not all(f.done() for f in calls.values()) and self.context.ok()
+                       and time.monotonic() < deadline):
+                    executor.spin_once(timeout_sec=max(0.0, deadline - time.monotonic()))
+            finally:
+                executor.remove_node(self)
+                executor.shutdown(timeout_sec=0)
+            for side, future in calls.items():
+                answer = future.result() if future.done() else None
+                if answer is None:
+                    log.info(f"shut down while commanding the arms: the {side} arm did not "
+                             f"answer stop within {stop_answer_s} s (its driver stops it on "
+                             f"its own shutdown)")
+                elif answer.success:
+                    log.info(f"shut down while commanding the arms: {side} arm stopped")
+                else:
+                    log.error(f"shut down while commanding the arms: {side} arm stop failed: "
+                              f"{answer.message}")
         super().destroy_node()
 
     def _now_ns(self) -> int:
@@ -184,19 +226,9 @@ class SupervisorNode(Node):
                 break  # Ctrl-C shut the context down under this tick: nothing left to command
 
     def _raise_priority(self, priority: int) -> bool:
-        """SCHED_FIFO for this thread, as ros2_control's controller manager does for its loop:
-        a woken tick then preempts the model, the cameras and the DDS threads at once."""
-        if priority <= 0:
-            return False
-        try:
-            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))  # 0: this thread
-        except (PermissionError, OSError, AttributeError) as e:
-            self.get_logger().warning(
-                f"control loop at normal priority: SCHED_FIFO {priority} refused ({e}); allow it "
-                f"with an rtprio limit (e.g. '@realtime - rtprio 99' in "
-                f"/etc/security/limits.conf, as for ros2_control)")
-            return False
-        return True
+        """SCHED_FIFO for this thread: a woken tick then preempts the model, the cameras and the
+        DDS threads at once (see ``ate_ros.realtime``)."""
+        return raise_to_fifo(priority, self.get_logger().warning, "control loop")
 
     def tick(self) -> TickOutput:
         with self._lock:
@@ -293,8 +325,7 @@ class SupervisorNode(Node):
 
 
 def main(args: Optional[Sequence[str]] = None) -> None:
-    rclpy.init(args=args)
-    spin_nodes([SupervisorNode()])
+    run_nodes(lambda: [SupervisorNode()], args)
 
 
 if __name__ == "__main__":

@@ -1,44 +1,67 @@
-"""The simulated robot hardware: one controller emulator per arm, at the config's sim endpoints."""
+"""The simulated robot hardware: one emulated controller per arm, each in a process of its own.
+
+``ros2 launch ate_ros bimanual.launch.py sim:=true`` and ``ate_bringup`` run the
+``ate_realman_emulator`` console script once per arm (``EmulatorSpec.command()``, at the
+config's sim endpoints, arms at home). This module knows what such a process says when it is
+up and asks it, through its control port, what it has done.
+"""
 
 from __future__ import annotations
 
-from contextlib import ExitStack
-from typing import Dict
+import json
+import re
+import socket
+from dataclasses import dataclass
+from typing import Any, Dict, Optional
 
-from ate_core.config import BimanualConfig
-from ate_ros.graph import sim_controllers
-from ate_ros.sim.realman_emulator import RealManEmulator
+from ate_ros.graph import EmulatorSpec
+
+#: What ``ate_realman_emulator`` prints once it listens (with ``--control-port``).
+LISTENING = re.compile(r"ate_realman_emulator listening .*\bcontrol_port=(?P<control_port>\d+)")
 
 
-class SimulatedArms:
-    """Both arms' controllers on loopback, standing at their home poses; a context manager."""
+class EmulatorUnreachable(RuntimeError):
+    """An emulator's control port did not answer."""
 
-    def __init__(self, cfg: BimanualConfig) -> None:
-        self._cfg = cfg
-        self.emulators: Dict[str, RealManEmulator] = {}
-        self._stack = ExitStack()
 
-    def start(self) -> "SimulatedArms":
+@dataclass(frozen=True)
+class EmulatedController:
+    """A running emulator process: its spec and the control port it reported."""
+
+    spec: EmulatorSpec
+    control_port: int
+
+    @classmethod
+    def from_output(cls, spec: EmulatorSpec, output: str) -> Optional["EmulatedController"]:
+        """The controller once its output says it is listening, else None."""
+        match = LISTENING.search(output)
+        return cls(spec, int(match.group("control_port"))) if match else None
+
+    def request(self, line: str, timeout_s: float = 1.0) -> Dict[str, Any]:
+        """One line of the emulator's control protocol and its JSON reply."""
         try:
-            for spec in sim_controllers(self._cfg):
-                emulator = RealManEmulator(
-                    model=spec.model, ip=spec.ip, tcp_port=spec.tcp_port,
-                    push_port=spec.push_port, cycle=spec.cycle,
-                    initial_joints_deg=spec.initial_joints_deg)
-                emulator.start()
-                self._stack.callback(emulator.stop)
-                self.emulators[spec.side] = emulator
-        except BaseException:
-            self.stop()
-            raise
-        return self
+            with socket.create_connection((self.spec.ip, self.control_port), timeout_s) as sock:
+                sock.sendall(line.encode() + b"\n")
+                reply = b""
+                while not reply.endswith(b"\n"):
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        break
+                    reply += chunk
+        except OSError as e:
+            raise EmulatorUnreachable(f"emulator {self.spec.side} at {self.spec.ip}:"
+                                      f"{self.control_port}: {e}") from e
+        try:
+            return json.loads(reply)
+        except ValueError as e:
+            raise EmulatorUnreachable(f"emulator {self.spec.side}: bad reply {reply[:80]!r}") from e
 
-    def stop(self) -> None:
-        self._stack.close()
-        self.emulators.clear()
+    def state(self, timeout_s: float = 1.0) -> Dict[str, Any]:
+        """Joints, push settings, connections and ``packets_sent`` (the emulator's summary)."""
+        return self.request("state", timeout_s)["state"]
 
-    def __enter__(self) -> "SimulatedArms":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+    def describe(self, state: Optional[Dict[str, Any]]) -> str:
+        """``RM75-B emulated at 127.0.0.1:18080, state push -> UDP 18089, 1058 packets sent``."""
+        s = self.spec
+        packets = "packets sent unknown" if state is None else f"{state['packets_sent']} packets sent"
+        return f"{s.model} emulated at {s.ip}:{s.tcp_port}, state push -> UDP {s.push_port}, {packets}"

@@ -1008,9 +1008,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (KeyError, ValueError, OSError) as exc:
         print(f"ate_realman_emulator: {exc}", file=sys.stderr)
         return 2
+    signals: List[int] = []
     stop = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:
+        signals.append(signum)
         stop.set()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -1021,6 +1023,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         while not stop.wait(0.5):
             pass
+        # `ros2 launch` signals every process at once: the arm drivers stop the arm on their
+        # way out, and a controller that vanished first would never hear that stop. A real
+        # controller outlives its clients, so serve on until they have gone, for 1 s at most
+        # (a second signal ends the wait at once).
+        deadline = time.monotonic() + 1.0
+        while (emulator.connection_count() > 0 and len(signals) < 2
+               and time.monotonic() < deadline):
+            time.sleep(0.02)
     finally:
         emulator.stop()
         for sig, handler in previous.items():
