@@ -91,6 +91,9 @@ class EmulatorSpec:
     #: The emulator's fault-injection and status port on ``ip`` (0: any free one; the emulator
     #: prints it when it is listening). The bringup reads the packets sent through it.
     control_port: int = 0
+    #: SCHED_FIFO priority of the emulator's threads (0: normal). It stands for a controller
+    #: with a computer of its own: on a loaded simulation host it must not be what falls behind.
+    realtime_priority: int = 0
 
     #: The console script that runs one emulated controller.
     executable: ClassVar[str] = "ate_realman_emulator"
@@ -105,6 +108,7 @@ class EmulatorSpec:
         return ["--model", self.model, "--ip", self.ip, "--port", str(self.tcp_port),
                 "--push-port", str(self.push_port), "--cycle", str(self.cycle),
                 "--control-port", str(self.control_port),
+                "--realtime-priority", str(self.realtime_priority),
                 "--initial-joints-deg", *(f"{q:.6f}" for q in self.initial_joints_deg)]
 
     def command(self) -> List[str]:
@@ -148,7 +152,8 @@ def sim_controllers(cfg: BimanualConfig) -> List[EmulatorSpec]:
     endpoints = {"left": cfg.sim.arms.left, "right": cfg.sim.arms.right}
     return [EmulatorSpec(side, arm.model, endpoints[side].ip, endpoints[side].tcp_port,
                          endpoints[side].udp_port, arm.push_cycle,
-                         tuple(math.degrees(q) for q in arm.home_rad))
+                         tuple(math.degrees(q) for q in arm.home_rad),
+                         realtime_priority=arm.realtime_priority)
             for side, arm in cfg.arms.items()]
 
 

@@ -1,8 +1,9 @@
-"""Running several nodes in one process: one context, one executor, one named spin thread.
+"""Running nodes: a node executable's ``main`` (:func:`run_nodes`), and several nodes in one
+process for the tests (:class:`NodeHost`: one context, one executor, one named spin thread).
 
-The in-process bringup and the tests both use this, so what the tests start is what the
-bringup starts. Each host has its own rclpy Context (and so its own DDS participant set and
-ROS domain), which is what lets tests run side by side without hearing each other.
+Each host has its own rclpy Context (and so its own DDS participant set and ROS domain), which
+is what lets tests run side by side without hearing each other. The robot runs every node in a
+process of its own (``ros2 launch`` and ``ate_bringup``), each through :func:`run_nodes`.
 
 The executor is single-threaded on purpose: rclpy's MultiThreadedExecutor (Jazzy) spends about
 2 ms of CPU per callback and let a 400 Hz joint-state stream starve everything else in the

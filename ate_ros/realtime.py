@@ -39,6 +39,23 @@ def raise_to_fifo(priority: int, warn: Callable[[str], None], what: str) -> bool
     return True
 
 
+def raise_process_to_fifo(priority: int, warn: Callable[[str], None], what: str) -> bool:
+    """SCHED_FIFO ``priority`` for every thread of this process, those that exist now (the DDS
+    threads rclpy started, a C library's threads) and, through the calling thread, those started
+    later. For a process whose every thread serves the robot's timing (an arm driver, the
+    supervisor): a normal-priority thread of it that holds the interpreter lock when a
+    preempting process comes would otherwise keep its real-time threads waiting."""
+    if not raise_to_fifo(priority, warn, what):
+        return False
+    param = os.sched_param(priority)
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setscheduler(int(tid), os.SCHED_FIFO, param)
+        except (PermissionError, ProcessLookupError, OSError):
+            pass  # a thread that ended meanwhile; permission was granted for the caller above
+    return True
+
+
 def is_fifo() -> bool:
     """Whether the calling thread runs under SCHED_FIFO."""
     return os.sched_getscheduler(0) == os.SCHED_FIFO

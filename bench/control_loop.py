@@ -3,13 +3,14 @@
 Measured on the simulated robot as ``ros2 launch ate_ros bimanual.launch.py sim:=true`` runs it.
 
     .venv/bin/python bench/control_loop.py [--seconds 30] [--estops 20] [--torch-threads 1]
-        [--arm-processes 2] [--keep] [--json out.json] [--png out.png]
+        [--arm-processes 2] [--busy-cores 0] [--keep] [--json out.json] [--png out.png]
 
-Separate processes, as the launch file starts them: one RealMan controller emulator per arm
-(with ``--log``), one arm node per arm (``--arm-processes 1``: both in one process), the
-joint-state aggregator (it feeds RViz, not the control path; ``--no-aggregator`` leaves it
-out), the three simulated cameras (``camera_nodes``, 640x480 at 30 Hz), the inference node,
-the supervisor and this bench's node. The policy is the shipped one (the ``policy`` section of
+Separate processes, as the launch file and ``ate_bringup`` start them (``ate_ros.bringup.
+stack_plan``: the same command lines): one RealMan controller emulator per arm (with ``--log``),
+one arm node per arm (``--arm-processes 1``: both in one process), the joint-state aggregator
+(it feeds RViz, not the control path; ``--no-aggregator`` leaves it out), one camera node per
+simulated camera (640x480 at 30 Hz), the inference node, the supervisor and this bench's node.
+``--busy-cores N`` adds N unrelated busy loops for the whole bench. The policy is the shipped one (the ``policy`` section of
 ``config/train_flow.yaml``: flow, three cameras at 224x224, resnet18 encoder) with random
 weights and the normalisation statistics of a small synthetic rm75_bimanual data set recorded
 at 30 Hz, so chunk points are 1/30 s apart. It runs on the CPU with ``--torch-threads``.
@@ -67,6 +68,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -87,6 +89,9 @@ ESTOP_TIMEOUT_S = 5.0
 GOAL_TICK_ERROR_P99_MS = 2.0
 GOAL_MISSED_PCT = 0.5
 GOAL_ESTOP_P99_MS = 20.0
+#: An unrelated process that keeps a core busy (``--busy-cores``) and exits 0 on SIGINT.
+BUSY_LOOP = ("import signal, sys\nsignal.signal(signal.SIGINT, lambda *_: sys.exit(0))\n"
+             "while True:\n    pass\n")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -312,6 +317,7 @@ def tick_results(sup0: Dict[str, str], sup1: Dict[str, str], stamps_ns: List[int
                        "run_ticks": int(ticks), "run_missed": int(missed),
                        "run_missed_pct": 100.0 * missed / max(ticks + missed, 1.0)},
         "command_stamps": {"periods": len(periods),
+                           "rate_hz": len(periods) / sum(periods) if periods else 0.0,
                            "period_p50_ms": percentile(periods, 50) * 1e3,
                            "period_p99_ms": percentile(periods, 99) * 1e3,
                            "period_max_ms": (max(periods) if periods else math.nan) * 1e3,
@@ -410,6 +416,7 @@ def run(args: argparse.Namespace, cfg: Any, procs: Processes, probe: Probe,
     paths = probe.paths
     results: dict = {
         "seconds": args.seconds,
+        "busy_cores": args.busy_cores,
         "torch_threads": args.torch_threads,
         "inference_nice": args.inference_nice,
         "aggregator": not args.no_aggregator,
@@ -446,6 +453,31 @@ def run(args: argparse.Namespace, cfg: Any, procs: Processes, probe: Probe,
     periods_ms = [(b - a) * 1e-6 for a, b in zip(probe.command_stamps_ns, probe.command_stamps_ns[1:])]
     results["_tick_periods_ms"] = periods_ms  # for the plot only; not written to the JSON
     return results
+
+
+SUMMARY = (("stale_periods", "stale periods (both arms, run + trials)"),
+           ("reconnects", "reconnects (both arms, run + trials)"),
+           ("command_rate_hz", "commands per arm, Hz (by their stamps)"),
+           ("tick_error_p99_ms", "tick period error p99, ms"),
+           ("estop_p99_ms", "e-stop p99, ms"),
+           ("chunk_rate_hz", "chunks per second"),
+           ("safety_interventions", "safety interventions"))
+
+
+def summarise(results: dict) -> dict:
+    """The numbers that decide whether the control path holds, one per line."""
+    counted = [results["counted_during_run"]] + ([results["estop"]["counted"]]
+                                                 if results["estop"] else [])
+    total = {key: sum(int(c[side].get(key, 0)) for c in counted for side in SIDES)
+             for key in ("stale_periods", "reconnects")}
+    cmd = results["tick"]["command_stamps"]
+    return {**total,
+            "command_rate_hz": cmd["rate_hz"],
+            "tick_error_p99_ms": results["tick"]["supervisor"]["error_p99_ms"],
+            "estop_p99_ms": results["estop"].get("p99_ms", float("nan")),
+            "chunk_rate_hz": results["inference"]["chunks_run"] / results["seconds"],
+            "safety_interventions": sum(int(v) for c in counted
+                                        for v in c["supervisor"].values())}
 
 
 def goals(results: dict) -> List[Tuple[str, float, str, bool]]:
@@ -537,6 +569,14 @@ def print_results(head: dict, results: dict) -> None:
         print(f"  {label:<26}{value:7.1f}")
     print(f"  {'anything else (% of one)':<26}{results['cpu_other_percent']:7.1f}")
 
+    summary = results["summary"]
+    print(f"\nsummary ({results['busy_cores']} core{'s' if results['busy_cores'] != 1 else ''} "
+          f"kept busy by another process)")
+    for key, label in SUMMARY:
+        value = summary[key]
+        print(f"  {label:<40}{value:>10.2f}" if isinstance(value, float) else
+              f"  {label:<40}{value:>10}")
+
     print("\ngoals")
     for text, value, unit, ok in goals(results):
         print(f"  {text:<32}{value:8.2f} {unit:<3}{'pass' if ok else 'FAIL'}")
@@ -584,28 +624,31 @@ def plot(path: str, results: dict) -> None:
 
 def start_processes(procs: Processes, cfg: Any, config: str, logs: Dict[str, str],
                     aggregator: bool = True, inference_nice: int = 0, arm_processes: int = 2) -> None:
-    from ate_ros.graph import sim_controllers
+    """The processes of ``ate_bringup`` (= ``bimanual.launch.py sim:=true``), in its order and
+    with its command lines, each emulator also writing its log; ``arm_processes=1`` puts both
+    arm nodes in one process (``arm_nodes``) instead."""
+    from ate_ros.bringup import stack_plan
 
+    plan, _external = stack_plan(cfg, config, checkpoint="", params_dir=Path(procs.log_dir))
     py = sys.executable
-    for spec in sim_controllers(cfg):
-        procs.start(f"emulator_{spec.side}", [py, "-m", "ate_ros.sim.realman_emulator", *spec.argv(),
-                                              "--log", logs[spec.side]])
-    params = ["--ros-args", "-p", f"config_file:={config}"]
-    sim = [*params, "-p", "sim:=true"]
-    if arm_processes == 1:
-        procs.start("arm_nodes", [py, "-c", "from ate_ros.nodes.arm_node import main_both; main_both()",
-                                  *sim])
-    else:
-        for side in SIDES:
-            procs.start(f"arm_node_{side}", [py, "-m", "ate_ros.nodes.arm_node", *sim,
-                                             "-r", f"__ns:=/{side}_arm", "-p", f"arm:={side}"])
-    if aggregator:
-        procs.start("joint_state_aggregator", [py, "-m", "ate_ros.nodes.joint_state_aggregator", *params])
-    procs.start("camera_nodes", [py, "-c", "from ate_ros.nodes.camera_node import main_all; main_all()",
-                                 *sim])
-    niced = ["nice", "-n", str(inference_nice)] if inference_nice else []
-    procs.start("inference", [*niced, py, "-m", "ate_ros.nodes.inference_node", *params])
-    procs.start("supervisor", [py, "-m", "ate_ros.nodes.supervisor_node", *params])
+    for item in plan:
+        argv = list(item.argv)
+        if item.emulator is not None:
+            argv += ["--log", logs[item.emulator.side]]
+        else:
+            spec = item.node
+            if spec.executable == "joint_state_aggregator" and not aggregator:
+                continue
+            if spec.executable == "arm_node" and arm_processes == 1:
+                if spec.parameters["arm"] == "left":
+                    procs.start("arm_nodes", [py, "-c", "from ate_ros.nodes.arm_node import "
+                                              "main_both; main_both()", "--ros-args", "-p",
+                                              f"config_file:={config}", "-p", "sim:=true"])
+                continue
+            if spec.executable == "inference_node" and inference_nice:
+                argv = ["nice", "-n", str(inference_nice), *argv]
+            item.params_file.write_text(item.params_yaml)
+        procs.start(item.name.replace("/", "_"), argv)
 
 
 def main() -> int:
@@ -623,7 +666,10 @@ def main() -> int:
                         "experiment: the deployment runs it at the default priority)")
     parser.add_argument("--arm-processes", type=int, choices=(1, 2), default=2,
                         help="2: one arm node per arm, as the launch file runs them; 1: both in one "
-                             "process (arm_nodes, as the in-process bringup does)")
+                             "process (arm_nodes)")
+    parser.add_argument("--busy-cores", type=int, default=0, metavar="N",
+                        help="keep N cores busy with unrelated busy loops (normal priority) for "
+                             "the whole bench, as on a robot PC that has other work")
     parser.add_argument("--keep", action="store_true",
                         help="keep the processes' output and the emulator logs (the path is printed)")
     parser.add_argument("--json", help="also write the results here")
@@ -658,6 +704,8 @@ def main() -> int:
     rclpy.init(signal_handler_options=SignalHandlerOptions.NO)  # Ctrl-C: KeyboardInterrupt
     probe, error, results = Probe(cfg, procs), None, None
     try:
+        for i in range(args.busy_cores):
+            procs.start(f"busy_loop_{i}", [sys.executable, "-c", BUSY_LOOP])
         start_processes(procs, cfg, config, log_paths, aggregator=not args.no_aggregator,
                         inference_nice=args.inference_nice, arm_processes=args.arm_processes)
         results = run(args, cfg, procs, probe, {s: LogTail(p) for s, p in log_paths.items()})
@@ -682,6 +730,7 @@ def main() -> int:
     else:
         shutil.rmtree(tmp, ignore_errors=True)
     results["exit_codes"] = exits
+    results["summary"] = summarise(results)
     results["goals"] = [{"goal": t, "value": v, "unit": u, "pass": ok} for t, v, u, ok in goals(results)]
     print_results(head, results)
     print("\nexit codes after SIGINT: " + ", ".join(f"{n} {rc}" for n, rc in exits.items()))

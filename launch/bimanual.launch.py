@@ -10,8 +10,9 @@ config) and points the arm drivers at them; everything else is the real-robot gr
 ``emulator_log_dir:=DIR`` has each emulator write what it received to
 ``DIR/emulator_<arm>.jsonl`` (JSON lines; tests read them).
 
-The node list comes from ``ate_ros.graph.robot_graph``, the same function the in-process
-bringup (``ate_bringup``) runs, and the URDF is generated from the same config file.
+The node list comes from ``ate_ros.graph.robot_graph``, from which ``ate_bringup`` (the README's
+main job, where ``launch`` is not installed) starts the same processes with the same parameters;
+the URDF is generated from the same config file.
 
 Nodes of other packages (robot_state_publisher; rviz2 with ``rviz:=true``) start only where
 they are installed: a missing one is skipped with a line that says what is lost and how to

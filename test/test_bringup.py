@@ -14,9 +14,12 @@ import uuid
 from pathlib import Path
 from typing import Dict, List
 
+import pytest
 import yaml
 
 from conftest import REPO, free_port, free_udp_port, next_domain_id, next_loopback_ip
+
+pytestmark = pytest.mark.ros  # real DDS / RealMan SDK: CI runs these with a core kept busy too
 
 #: Every process of the simulated stack: two emulators, two arm drivers, the aggregator, three
 #: cameras and the supervisor.

@@ -9,9 +9,11 @@ the controller's realtime push as it arrives (200 Hz), joints in rad plus the gr
 in metres, and only while the link is ready (so their silence means "not commandable": the
 state is stale or the controller lost). Every command goes through
 ``ate_core.runtime.arm_command.CommandChecker``; a rejected command is counted by rule, logged
-with its reason and never sent. Both arms can share one process (``arm_nodes``), as the
-in-process bringup runs them; the launch file gives each arm a process of its own, because
-RealMan's SDK runs one request at a time per process (``ate_ros.drivers.realman_sdk``).
+with its reason and never sent. The launch file and ``ate_bringup`` give each arm a process of
+its own, at SCHED_FIFO (``arms.<side>.realtime_priority``): RealMan's SDK runs one request at a
+time per process (``ate_ros.drivers.realman_sdk``), and its state pushes must not wait for an
+interpreter lock held by other work (``ate_ros.realtime``). ``arm_nodes`` (both arms in one
+process) is for a quick look, not for the robot.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from ate_ros.drivers.realman_arm import ArmState, Link, RealManArm
 from ate_ros.drivers.realman_sdk import describe_error
 from ate_ros.node_host import run_nodes
 from ate_ros.params import declare_config
-from ate_ros.realtime import raise_to_fifo
+from ate_ros.realtime import raise_process_to_fifo
 from diagnostic_msgs.msg import DiagnosticArray
 
 #: A command stream that pauses longer than this restarts from the measured position.
@@ -46,9 +48,9 @@ SHUTDOWN_STOP_WINDOW_S = 1.0
 class ArmNode(Node):
     def __init__(self, side: Optional[str] = None, config: Optional[BimanualConfig] = None,
                  sim: Optional[bool] = None, realtime: bool = False, **kwargs) -> None:
-        """``realtime``: this process is the arm's own (``main``): the constructing thread, which
-        goes on to spin the node, and every thread started from here on (the SDK's state-push
-        and reply threads, the driver's worker and watchdog) run at the arm's SCHED_FIFO
+        """``realtime``: this process is the arm's own (``main``): every thread of it (the
+        executor's, DDS's, and those started from here on: the SDK's state-push and reply
+        threads, the driver's worker and watchdog) runs at the arm's SCHED_FIFO
         ``realtime_priority``. Tests that host nodes in their own process leave it off."""
         # Under `ros2 run`, the arm comes as a parameter and the namespace as a remap
         # (`-r __ns:=/right_arm -p arm:=right`); launch and bringup set both.
@@ -92,9 +94,9 @@ class ArmNode(Node):
         self.create_timer(1.0, self._publish_diagnostics)
 
         # Before the driver starts its threads and the SDK its own: they inherit the policy.
-        self.realtime = realtime and raise_to_fifo(self.arm_cfg.realtime_priority,
-                                                   self.get_logger().warning,
-                                                   f"{side} arm driver")
+        self.realtime = realtime and raise_process_to_fifo(self.arm_cfg.realtime_priority,
+                                                           self.get_logger().warning,
+                                                           f"{side} arm driver")
         self.driver = RealManArm(side, self.arm_cfg, on_state=self._on_state,
                                  on_link=self._on_link,
                                  gripper_max_opening_m=cfg.gripper.max_opening_m)

@@ -40,7 +40,7 @@ from ate_ros.conversions import ns_to_stamp
 from ate_ros.diagnostics import ERROR, OK, WARN, diagnostic_array, diagnostic_status
 from ate_ros.node_host import GIL_SWITCH_INTERVAL_S, run_nodes
 from ate_ros.params import declare_config
-from ate_ros.realtime import raise_to_fifo
+from ate_ros.realtime import raise_process_to_fifo, raise_to_fifo
 
 
 class TickTiming:
@@ -74,8 +74,16 @@ class TickTiming:
 
 
 class SupervisorNode(Node):
-    def __init__(self, config: Optional[BimanualConfig] = None, **kwargs) -> None:
+    def __init__(self, config: Optional[BimanualConfig] = None, own_process: bool = False,
+                 **kwargs) -> None:
+        """``own_process``: this process is the supervisor's (``main``), and every thread of it
+        runs at SCHED_FIFO, not only the tick (``supervisor.realtime_priority``; the others one
+        below it): the executor that takes the joint states and the DDS threads that deliver
+        them too, so that none of them is preempted by other work while the tick waits for it
+        (for the interpreter lock or for a message). Tests that host nodes in their own
+        process leave it off."""
         super().__init__("supervisor", **kwargs)
+        self._own_process = own_process
         cfg = config if config is not None else declare_config(self)
         self.cfg = cfg
         layout = layout_from_config(cfg)
@@ -226,9 +234,14 @@ class SupervisorNode(Node):
                 break  # Ctrl-C shut the context down under this tick: nothing left to command
 
     def _raise_priority(self, priority: int) -> bool:
-        """SCHED_FIFO for this thread: a woken tick then preempts the model, the cameras and the
-        DDS threads at once (see ``ate_ros.realtime``)."""
-        return raise_to_fifo(priority, self.get_logger().warning, "control loop")
+        """SCHED_FIFO for this thread (for the whole process with ``own_process``): a woken tick
+        then preempts the model and the cameras at once (see ``ate_ros.realtime``)."""
+        warn = self.get_logger().warning
+        if self._own_process and priority > 1:
+            # The rest of the process one below the tick: at equal FIFO priorities a running
+            # executor or DDS thread would keep the woken tick off its core until it blocks.
+            raise_process_to_fifo(priority - 1, warn, "supervisor")
+        return raise_to_fifo(priority, warn, "control loop")
 
     def tick(self) -> TickOutput:
         with self._lock:
@@ -325,7 +338,7 @@ class SupervisorNode(Node):
 
 
 def main(args: Optional[Sequence[str]] = None) -> None:
-    run_nodes(lambda: [SupervisorNode()], args)
+    run_nodes(lambda: [SupervisorNode(own_process=True)], args)
 
 
 if __name__ == "__main__":

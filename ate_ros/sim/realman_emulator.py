@@ -51,6 +51,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Set, Tu
 import numpy as np
 
 from ate_core.robot.models import ArmModel, arm_model
+from ate_ros.realtime import raise_to_fifo
 from ate_ros.sim.arm_motion import (
     GRIPPER_DEFAULT_SPEED,
     ArmMotion,
@@ -991,6 +992,8 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                         metavar="DEG", help="starting joint angles, one per joint")
     parser.add_argument("--control-port", type=int, default=None,
                         help="enable the line-based fault-injection socket on this port (0: any)")
+    parser.add_argument("--realtime-priority", type=int, default=0, metavar="N",
+                        help="SCHED_FIFO priority for every thread (0: normal scheduling)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     return parser.parse_args(argv)
 
@@ -999,6 +1002,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Before the emulator starts its threads: they inherit it.
+    raise_to_fifo(args.realtime_priority, lambda why: print(f"ate_realman_emulator: {why}",
+                                                            file=sys.stderr), "emulator")
     try:
         emulator = RealManEmulator(
             model=args.model, ip=args.ip, tcp_port=args.port, push_port=args.push_port,
