@@ -55,6 +55,7 @@ from ate_core.config import BimanualConfig, ConfigError, load_config
 from ate_core.robot.from_config import layout_from_config
 from ate_ros.graph import EmulatorSpec, NodeSpec, in_process, robot_graph, sim_controllers
 from ate_ros.node_host import NodeHost
+from ate_ros.realtime import raise_process_to_fifo
 from ate_ros.resources import default_config_path
 from ate_ros.sim.bimanual import EmulatedController, EmulatorUnreachable
 
@@ -74,6 +75,10 @@ ENGAGE_TIMEOUT_S = 120.0
 _PR_SET_PDEATHSIG = 1
 # Resolved once here: the child must not load anything between fork and exec.
 _prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+
+#: SCHED_FIFO priority of this process once its children run (see ``main``).
+MONITOR_PRIORITY = 1
 
 
 def _die_with_parent(parent_pid: int) -> Callable[[], None]:
@@ -252,17 +257,21 @@ class StackWatch:
         t = cfg.topics
         self.arm_states = {side: f"/{side}_arm/{t.arm_joint_states}" for side, _ in cfg.arms.items()}
         self.arm_commands = {side: f"/{side}_arm/{t.arm_command}" for side, _ in cfg.arms.items()}
+        # The arms' own streams (joint states at 200 Hz, commands at 100 Hz each) are counted by
+        # the arm drivers (``states_received``, ``commands_sent`` on /diagnostics): taking 600
+        # messages a second here as well would cost the policy a fifth of a core.
         topics: Dict[str, type] = {t.joint_states: JointState}
-        topics.update({topic: JointState for topic in self.arm_states.values()})
         topics.update({f"{t.cameras}/{name}/camera_info": CameraInfo for name in cfg.cameras})
         topics[t.action_chunk] = JointTrajectory
-        topics.update({topic: JointState for topic in self.arm_commands.values()})
         self.topics = list(topics)
         self._lock = threading.Lock()
         self._counts = {topic: TopicCount() for topic in topics}
         self._diagnostics: Dict[str, Tuple[int, str, Dict[str, str]]] = {}
+        #: Per status name, when each report was made (ROS time, s) and its values, oldest first.
+        self._history: Dict[str, List[Tuple[float, Dict[str, str]]]] = {}
         self._joint_state: Optional[JointState] = None
         self._window: Tuple[float, Dict[str, int]] = (time.monotonic(), {})
+        self.window_start_s = self._ros_now_s()
         self._diagnostics_at_start: Dict[str, Tuple[int, str, Dict[str, str]]] = {}
         for topic, msg_type in topics.items():
             node.create_subscription(msg_type, topic, lambda m, tp=topic: self._on(tp, m),
@@ -284,10 +293,14 @@ class StackWatch:
 
     def _on_diagnostics(self, msg: DiagnosticArray) -> None:
         with self._lock:
+            # When the node made the report (ROS time), not when it got here: a late delivery
+            # would otherwise bend the rates computed from these counters.
+            made_s = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
             for status in msg.status:
                 level = status.level if isinstance(status.level, int) else ord(status.level)
-                self._diagnostics[status.name] = (level, status.message,
-                                                  {kv.key: kv.value for kv in status.values})
+                values = {kv.key: kv.value for kv in status.values}
+                self._diagnostics[status.name] = (level, status.message, values)
+                self._history.setdefault(status.name, []).append((made_s, values))
 
     def silent_reporters(self) -> List[str]:
         """The arm drivers and the supervisor, as long as they have sent no ``/diagnostics``
@@ -298,6 +311,28 @@ class StackWatch:
         expected["supervisor"] = "/supervisor"
         return [who for prefix, who in expected.items()
                 if not any(name == prefix or name.startswith(prefix) for name in names)]
+
+    def _ros_now_s(self) -> float:
+        return self.node.get_clock().now().nanoseconds * 1e-9
+
+    def counter_rate(self, status_prefix: str, key: str, since_s: float) -> Tuple[float, int]:
+        """(rate per second, reports) of a counter in the reports of the status whose name
+        starts with ``status_prefix``, over the reports since ``since_s`` in which it grew."""
+        with self._lock:
+            history = next((h for name, h in self._history.items()
+                            if name.startswith(status_prefix)), [])
+            points = [(t, float(v[key])) for t, v in history if t >= since_s and key in v]
+        growing = [(t, n) for (t, n), (_, prev) in zip(points[1:], points) if n > prev]
+        if len(growing) < 2:
+            return 0.0, len(points)
+        # From the first report that grew (the counting had begun by then) to the last one.
+        (t0, n0), (t1, n1) = growing[0], growing[-1]
+        return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0, len(points)
+
+    def has_counted(self, status_prefix: str, key: str) -> bool:
+        with self._lock:
+            return any(float(v.get(key, 0)) > 0 for name, h in self._history.items()
+                       if name.startswith(status_prefix) for _, v in h[-1:])
 
     def count(self, topic: str) -> int:
         with self._lock:
@@ -310,6 +345,7 @@ class StackWatch:
     def start_window(self) -> None:
         with self._lock:
             self._window = (time.monotonic(), {t: c.count for t, c in self._counts.items()})
+            self.window_start_s = self._ros_now_s()
             self._diagnostics_at_start = dict(self._diagnostics)
 
     def snapshot(self) -> Snapshot:
@@ -404,12 +440,6 @@ def _link_events(now: Mapping[str, str], before: Mapping[str, str]) -> str:
     return text + (f" (+{', '.join(starting)} while starting)" if starting else "")
 
 
-def _command_rate(span: TopicCount) -> float:
-    """Commands per second while commands came (the supervisor sends none while idle)."""
-    return (span.count - 1) / (span.last_s - span.first_s) if span.count > 1 and \
-        span.last_s > span.first_s else 0.0
-
-
 def report(cfg: BimanualConfig, plan: Sequence[Launched], external: Sequence[NodeSpec],
            watch: StackWatch, snap: Snapshot, pids: Mapping[str, int],
            exit_codes: Mapping[str, Optional[int]], log_dir: Path) -> str:
@@ -426,15 +456,18 @@ def report(cfg: BimanualConfig, plan: Sequence[Launched], external: Sequence[Nod
         name = process_of(plan, "arm_node", arm=side)
         diag = next((d for key, d in snap.diagnostics.items() if key.startswith(f"{side}_arm:")),
                     None)
-        span = snap.spans[watch.arm_commands[side]]
+        command_hz, _ = watch.counter_rate(f"{side}_arm:", "commands_sent", watch.window_start_s)
         if diag is None:
             lines.append(f"{prefix} no diagnostics received (pid {pids.get(name, '?')})")
             continue
         _, message, v = diag
         before = next((d[2] for key, d in snap.diagnostics_at_start.items()
                        if key.startswith(f"{side}_arm:")), {})
-        commands = (f"commands at {_command_rate(span):.1f} Hz ({v.get('commands_sent', '?')} "
-                    f"sent to the controller)" if span.count else "no commands")
+        refused = int(_float(v, "commands_refused")) if "commands_refused" in v else 0
+        commands = (f"commands at {command_hz:.1f} Hz ({v.get('commands_sent', '?')} "
+                    f"sent to the controller"
+                    + (f", {refused} refused while it was not ready" if refused else "") + ")"
+                    if command_hz > 0 else "no commands")
         line = (f"{prefix} link {v.get('link', '?')}, {_link_events(v, before)}, state push "
                 f"{_float(v, 'state_rate_hz'):.1f} Hz, {commands} (pid {pids.get(name, '?')})")
         rejected = {k[len("rejected."):]: n for k, n in v.items() if k.startswith("rejected.")}
@@ -475,10 +508,16 @@ def report(cfg: BimanualConfig, plan: Sequence[Launched], external: Sequence[Nod
     if external:
         lines.append("  left to `ros2 launch`: " + ", ".join(s.executable for s in external))
     seconds = max(snap.seconds, 1e-9)
-    width = max(len(topic) for topic in watch.topics)
+    width = max(len(topic) for topic in [*watch.topics, *watch.arm_states.values(),
+                                         *watch.arm_commands.values()])
     for topic in watch.topics:
         lines.append(f"  {topic:<{width}} {snap.counts[topic] / seconds:7.1f} Hz over "
                      f"{snap.seconds:.1f} s")
+    for side, _ in cfg.arms.items():  # counted by the arm driver: each state it published,
+        for topic, key in ((watch.arm_states[side], "states_received"),  # each command it sent
+                           (watch.arm_commands[side], "commands_sent")):
+            hz, _ = watch.counter_rate(f"{side}_arm:", key, watch.window_start_s)
+            lines.append(f"  {topic:<{width}} {hz:7.1f} Hz (the {side} arm driver's count)")
     for side, arm in cfg.arms.items():
         q = np.asarray(arm.home_rad)
         source = "home pose (no joint state received)"
@@ -571,8 +610,8 @@ class Bringup:
         nodes = set(self.watch.node_names())
         out = [item.node.fully_qualified_name for item in self.plan
                if item.node is not None and item.node.fully_qualified_name not in nodes]
-        out += [f"no joint states on {topic}" for topic in self.watch.arm_states.values()
-                if self.watch.count(topic) == 0]
+        out += [f"no joint states on {topic}" for side, topic in self.watch.arm_states.items()
+                if not self.watch.has_counted(f"{side}_arm:", "states_received")]
         out += [f"no /diagnostics from {who}" for who in self.watch.silent_reporters()]
         return out
 
@@ -669,6 +708,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         bringup = Bringup(cfg, plan, procs, StackWatch(host.node("bringup_status"), cfg), stop)
         try:
             if bringup.start():
+                # The children are started (they would inherit it): this monitor now counts at
+                # the lowest real-time priority, below the stack's and above other work, so that
+                # a busy machine shows as what the stack did, not as messages this process missed.
+                raise_process_to_fifo(MONITOR_PRIORITY, lambda why: None, "monitor")
                 bringup.wait_until_up()
             if not bringup.failed and not stop.is_set():
                 bringup.run(args.duration, args.engage)

@@ -670,6 +670,9 @@ def main() -> int:
     parser.add_argument("--busy-cores", type=int, default=0, metavar="N",
                         help="keep N cores busy with unrelated busy loops (normal priority) for "
                              "the whole bench, as on a robot PC that has other work")
+    parser.add_argument("--probe-priority", type=int, default=48, metavar="N",
+                        help="SCHED_FIFO priority of this bench's own process, which calls "
+                             "/ate/estop like an e-stop button's node (0: normal)")
     parser.add_argument("--keep", action="store_true",
                         help="keep the processes' output and the emulator logs (the path is printed)")
     parser.add_argument("--json", help="also write the results here")
@@ -700,6 +703,8 @@ def main() -> int:
     import rclpy
     from rclpy.signals import SignalHandlerOptions
 
+    from ate_ros.realtime import raise_process_to_fifo
+
     procs = Processes(tmp, os.environ)
     rclpy.init(signal_handler_options=SignalHandlerOptions.NO)  # Ctrl-C: KeyboardInterrupt
     probe, error, results = Probe(cfg, procs), None, None
@@ -708,6 +713,10 @@ def main() -> int:
             procs.start(f"busy_loop_{i}", [sys.executable, "-c", BUSY_LOOP])
         start_processes(procs, cfg, config, log_paths, aggregator=not args.no_aggregator,
                         inference_nice=args.inference_nice, arm_processes=args.arm_processes)
+        # After the children are started (they would inherit it): this process calls the
+        # e-stop, as an e-stop button's node would, and that node must not wait for a core.
+        raise_process_to_fifo(args.probe_priority, lambda why: print(f"control_loop: {why}"),
+                              "the bench's probe")
         results = run(args, cfg, procs, probe, {s: LogTail(p) for s, p in log_paths.items()})
     except RuntimeError as e:
         error = str(e)
