@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
+from typing import Optional
 
 PACKAGE = "ate_ros"
 
@@ -26,3 +28,17 @@ def share_dir() -> Path:
 
 def default_config_path() -> Path:
     return share_dir() / "config" / "bimanual.yaml"
+
+
+def missing_executable(package: str, executable: str) -> Optional[str]:
+    """Why ``package``'s ``executable`` cannot start here (not installed, no such program), or
+    None if it can. A launch file asks before it starts anything: ``ros2 launch`` fails on a
+    missing package only once it reaches that node, and leaves the nodes before it running."""
+    from ament_index_python.packages import PackageNotFoundError, get_package_prefix
+    try:
+        prefix = get_package_prefix(package)
+    except PackageNotFoundError:
+        return f"package '{package}' is not installed (not on AMENT_PREFIX_PATH)"
+    if not os.access(os.path.join(prefix, "lib", package, executable), os.X_OK):
+        return f"package '{package}' at {prefix} has no executable '{executable}'"
+    return None

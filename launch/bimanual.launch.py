@@ -25,9 +25,8 @@ way out; the emulators (sim) serve until their drivers have disconnected, for 1 
 """
 
 import os
-from typing import Optional
 
-from ament_index_python.packages import PackageNotFoundError, get_package_prefix
+from ament_index_python.packages import get_package_prefix
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, ExecuteProcess, LogInfo, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
@@ -38,7 +37,7 @@ from ate_core.config import load_config
 from ate_core.robot.from_config import layout_from_config
 from ate_core.robot.urdf import bimanual_urdf
 from ate_ros.graph import robot_graph, sim_controllers
-from ate_ros.resources import share_dir
+from ate_ros.resources import missing_executable as missing, share_dir
 
 #: What the robot loses without a node of another package.
 WITHOUT = {
@@ -50,17 +49,6 @@ WITHOUT = {
 
 def _flag(context, name: str) -> bool:
     return LaunchConfiguration(name).perform(context).strip().lower() in ("true", "1", "yes", "on")
-
-
-def missing(package: str, executable: str) -> Optional[str]:
-    """Why ``package``'s ``executable`` cannot start here, or None if it can."""
-    try:
-        prefix = get_package_prefix(package)
-    except PackageNotFoundError:
-        return f"package '{package}' is not installed (not on AMENT_PREFIX_PATH)"
-    if not os.access(os.path.join(prefix, "lib", package, executable), os.X_OK):
-        return f"package '{package}' at {prefix} has no executable '{executable}'"
-    return None
 
 
 def skipped(package: str, executable: str, reason: str) -> LogInfo:

@@ -7,9 +7,7 @@ the other two to start).
 """
 
 import os
-from typing import Optional
 
-from ament_index_python.packages import PackageNotFoundError, get_package_prefix
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
@@ -19,18 +17,7 @@ from launch_ros.parameter_descriptions import ParameterValue
 from ate_core.config import load_config
 from ate_core.robot.from_config import layout_from_config
 from ate_core.robot.urdf import bimanual_urdf
-from ate_ros.resources import share_dir
-
-
-def missing(package: str, executable: str) -> Optional[str]:
-    """Why ``package``'s ``executable`` cannot start here, or None if it can."""
-    try:
-        prefix = get_package_prefix(package)
-    except PackageNotFoundError:
-        return f"package '{package}' is not installed (not on AMENT_PREFIX_PATH)"
-    if not os.access(os.path.join(prefix, "lib", package, executable), os.X_OK):
-        return f"package '{package}' at {prefix} has no executable '{executable}'"
-    return None
+from ate_ros.resources import missing_executable as missing, share_dir
 
 
 def _model_nodes(context):
