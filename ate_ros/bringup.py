@@ -486,6 +486,11 @@ def report(cfg: BimanualConfig, plan: Sequence[Launched], external: Sequence[Nod
             f"p99 {_float(v, 'tick.period_p99_ms'):.2f} ms, {v.get('tick.missed', '?')} missed, "
             f"{'real-time' if v.get('realtime') == 'True' else 'normal'} priority "
             f"(pid {pids.get(process_of(plan, 'supervisor_node'), '?')})")
+        published_hz, _ = watch.counter_rate("supervisor", "commands_published",
+                                             watch.window_start_s)
+        if published_hz > 0:
+            lines.append(f"  supervisor published {v.get('commands_published', '?')} commands per "
+                         f"arm, at {published_hz:.1f} Hz while commanding")
         counts = {k[len("count."):]: n for k, n in v.items() if k.startswith("count.")}
         if counts:  # watchdog faults (their onsets), safety interventions, chunk rejections
             lines.append("  supervisor counted " + ", ".join(f"{k} {n}" for k, n in counts.items()))

@@ -245,16 +245,22 @@ def test_home_moves_to_the_configured_pose_and_stop_halts_it(ros):
         assert ros.call(Trigger, "/left_arm/stop").success
         ros.wait_for(lambda: len(results) > 0, 5.0, "the home result")
         assert results.messages[-1].data is False  # interrupted by stop
+
+        def at_rest() -> bool:  # the newest state here may lag the arm on a loaded machine
+            before = measured(rig, "left")
+            time.sleep(0.2)
+            return bool(np.allclose(measured(rig, "left"), before, atol=1e-6))
+
+        ros.wait_for(at_rest, 5.0, "the arm at rest after the stop")
         stopped = measured(rig, "left")
-        time.sleep(0.2)
-        np.testing.assert_allclose(measured(rig, "left"), stopped, atol=1e-6)
-        assert np.abs(stopped - home).max() > 0.1
+        assert np.abs(stopped - home).max() > 0.1  # halted on the way, not at home
 
         results.clear()
         assert ros.call(Trigger, "/left_arm/home").success
         ros.wait_for(lambda: len(results) > 0, 30.0, "the home result")
         assert results.messages[-1].data is True
-        np.testing.assert_allclose(measured(rig, "left"), home, atol=math.radians(0.002))
+        ros.wait_for(lambda: np.allclose(measured(rig, "left"), home, rtol=0,
+                                         atol=math.radians(0.002)), 2.0, "the arm at home")
 
 
 def _emulator_process(ip: str, tcp: int, udp: int, joints_deg, log: Path) -> subprocess.Popen:

@@ -95,6 +95,8 @@ class SupervisorNode(Node):
         self.timing = TickTiming(self._period_ns)
         self.realtime = False
         self._last_output: Optional[TickOutput] = None
+        #: Ticks whose commands went out (one message per arm each).
+        self.commands_published = 0
         self._last_rejection = ""
 
         topic = cfg.topics.arm_command + ("_preview" if self.dry_run else "")
@@ -264,6 +266,7 @@ class SupervisorNode(Node):
                              velocity=[float(v) for v in velocities])
             msg.header.stamp = stamp
             self._command_pubs[side].publish(msg)
+        self.commands_published += 1
 
     def _stop_arms(self, sides: Sequence[str]) -> None:
         for side in sides:
@@ -310,6 +313,7 @@ class SupervisorNode(Node):
             mode, reason = sup.mode, sup.reason
             counts = dict(sup.counts)
             executor = sup.executor.stats
+            published = self.commands_published
             chunk_age_ns = sup.last_chunk_age_ns
             out = self._last_output
         faults = out.faults if out is not None else ()
@@ -327,6 +331,7 @@ class SupervisorNode(Node):
                   **{f"tick.{k}": (f"{v:.3f}" if isinstance(v, float) else v)
                      for k, v in timing.items()},
                   "chunks_added": executor.chunks_added,
+                  "commands_published": published,
                   "last_chunk_rejection": self._last_rejection or "none",
                   # Arrival minus stamp of the newest chunk: negative means the policy's clock
                   # is ahead of this one (beyond executor.max_future_s such chunks are refused).
