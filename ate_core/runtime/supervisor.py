@@ -79,9 +79,11 @@ class Answer:
 
 @dataclass(frozen=True)
 class TickOutput:
-    """One tick's decision. ``positions`` is None when nothing is commanded (idle), else the
-    command for every joint of the layout (``joint_names`` order); ``stop_arms`` lists arms
-    whose controllers must be told to stop now (sent once, on the transition)."""
+    """One tick's decision. ``now_ns`` is the tick's time and the stamp of its command
+    (strictly after the previous command's). ``positions`` is None when nothing is commanded
+    (idle), else the command for every joint of the layout (``joint_names`` order);
+    ``stop_arms`` lists arms whose controllers must be told to stop now (sent once, on the
+    transition)."""
 
     now_ns: int
     mode: Mode
