@@ -57,6 +57,7 @@ from ate_ros.graph import EmulatorSpec, NodeSpec, in_process, robot_graph, sim_c
 from ate_ros.node_host import NodeHost
 from ate_ros.realtime import raise_process_to_fifo
 from ate_ros.resources import default_config_path
+from ate_ros.signals import setting
 from ate_ros.sim.bimanual import EmulatedController, EmulatorUnreachable
 
 #: How long every node of the graph may take to appear and the arms to publish (imports of
@@ -692,8 +693,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
 
     stop = threading.Event()
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, setting(stop))
+    signal.signal(signal.SIGTERM, setting(stop))
     try:
         cfg = load_config(args.config)
     except ConfigError as e:

@@ -24,6 +24,8 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
 
+from ate_ros.signals import setting
+
 N = TypeVar("N", bound=Node)
 
 #: How long a thread woken by I/O may wait for the GIL (Python's default is 5 ms: half a
@@ -114,7 +116,7 @@ def run_nodes(make_nodes: Callable[[], List[Node]],
     control tick. Moving those objects out of the collector's reach first keeps pauses short.
     """
     stop = threading.Event()
-    previous = {signum: signal.signal(signum, lambda *_: stop.set())
+    previous = {signum: signal.signal(signum, setting(stop))
                 for signum in (signal.SIGINT, signal.SIGTERM)}
     nodes: List[Node] = []
     executor: Optional[SingleThreadedExecutor] = None

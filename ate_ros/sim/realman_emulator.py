@@ -52,6 +52,7 @@ import numpy as np
 
 from ate_core.robot.models import ArmModel, arm_model
 from ate_ros.realtime import raise_to_fifo
+from ate_ros.signals import setting
 from ate_ros.sim.arm_motion import (
     GRIPPER_DEFAULT_SPEED,
     ArmMotion,
@@ -1017,9 +1018,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     signals: List[int] = []
     stop = threading.Event()
 
+    set_stop = setting(stop)
+
     def on_signal(signum: int, frame: Any) -> None:
         signals.append(signum)
-        stop.set()
+        set_stop(signum, frame)
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     control = "" if emulator.control_port is None else f" control_port={emulator.control_port}"
