@@ -51,7 +51,8 @@ from sensor_msgs.msg import CameraInfo, JointState
 from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory
 
-from ate_core.config import BimanualConfig, ConfigError, load_config
+from ate_core.config import ConfigError
+from ate_core.robot.config import BimanualConfig, load_config
 from ate_core.robot.from_config import layout_from_config
 from ate_ros.graph import EmulatorSpec, NodeSpec, in_process, robot_graph, sim_controllers
 from ate_ros.node_host import NodeHost

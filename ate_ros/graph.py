@@ -20,7 +20,7 @@ from typing import Callable, ClassVar, Dict, List, Optional, Tuple
 
 import yaml
 
-from ate_core.config import BimanualConfig
+from ate_core.robot.config import BimanualConfig
 
 
 @dataclass(frozen=True)

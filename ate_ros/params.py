@@ -7,7 +7,8 @@ from typing import Optional, Type, TypeVar
 from rclpy.node import Node
 from rcl_interfaces.msg import ParameterDescriptor
 
-from ate_core.config import BimanualConfig, flatten, from_flat, load_config
+from ate_core.config import flatten, from_flat, load_dataclass
+from ate_core.robot.config import BimanualConfig
 from ate_ros.resources import default_config_path
 
 T = TypeVar("T")
@@ -23,8 +24,8 @@ def declare_config(node: Node, cls: Type[T] = BimanualConfig,  # type: ignore[as
     """
     path = node.declare_parameter(
         "config_file", default_path or str(default_config_path()),
-        ParameterDescriptor(description="YAML config (ate_core.config schema)")).value
-    base = load_config(path, cls)
+        ParameterDescriptor(description="YAML config (ate_core.robot.config schema)")).value
+    base = load_dataclass(path, cls)
     values = {}
     for key, default in flatten(base).items():
         values[key] = node.declare_parameter(key, default).value

@@ -35,7 +35,7 @@ from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import JointState
 
-from ate_core.config import BimanualConfig, load_config
+from ate_core.robot.config import BimanualConfig, load_config
 from ate_ros.graph import sim_controllers
 from common import (CpuMeter, Processes, fmt, free_port, gaps, header, print_header, summary_ms,
                     write_json)

@@ -128,7 +128,7 @@ def make_checkpoint(directory: str) -> None:
 
 def write_config(src: str, dst: str, checkpoint: str, torch_threads: int) -> Any:
     """``src`` with the checkpoint on the CPU and the emulators on free loopback ports."""
-    from ate_core.config import load_config
+    from ate_core.robot.config import load_config
 
     with open(src, encoding="utf-8") as f:
         data = yaml.safe_load(f)

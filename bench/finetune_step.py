@@ -47,7 +47,7 @@ def _batch(cfg, batch_size: int, device: str):
     import torch
 
     from ate_core.policy.base import Batch, Observation
-    from ate_core.policy.transforms import default_action_space
+    from ate_core.data.spaces import default_action_space
 
     g = torch.Generator().manual_seed(0)
     space = default_action_space(cfg.action_width)

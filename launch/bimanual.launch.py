@@ -33,7 +33,7 @@ from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 
-from ate_core.config import load_config
+from ate_core.robot.config import load_config
 from ate_core.robot.from_config import layout_from_config
 from ate_core.robot.urdf import bimanual_urdf
 from ate_ros.graph import robot_graph, sim_controllers
@@ -112,7 +112,7 @@ def generate_launch_description():
     share = share_dir()
     return LaunchDescription([
         DeclareLaunchArgument("config_file", default_value=str(share / "config" / "bimanual.yaml"),
-                              description="robot config (ate_core.config schema)"),
+                              description="robot config (ate_core.robot.config schema)"),
         DeclareLaunchArgument("sim", default_value="false",
                               description="emulated controllers on loopback instead of the arms"),
         DeclareLaunchArgument("checkpoint", default_value="",

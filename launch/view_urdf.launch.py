@@ -14,7 +14,7 @@ from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 
-from ate_core.config import load_config
+from ate_core.robot.config import load_config
 from ate_core.robot.from_config import layout_from_config
 from ate_core.robot.urdf import bimanual_urdf
 from ate_ros.resources import missing_executable as missing, share_dir

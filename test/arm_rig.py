@@ -10,7 +10,8 @@ from typing import Dict, Iterator, List
 import numpy as np
 from sensor_msgs.msg import JointState
 
-from ate_core.config import BimanualConfig, load_config, replace_in
+from ate_core.config import replace_in
+from ate_core.robot.config import BimanualConfig, load_config
 from ate_ros.nodes.arm_node import ArmNode
 from ate_ros.sim.realman_emulator import RealManEmulator
 from conftest import REPO, free_port, next_loopback_ip, sdk_push_port

@@ -27,7 +27,7 @@ from ate_core.data.stats import compute_stats
 from ate_core.data.synthetic import generate_synthetic_dataset
 from ate_core.policy.pretrained import CheckpointError
 from ate_core.policy.processor import PolicyProcessor
-from ate_core.policy.transforms import default_action_space
+from ate_core.data.spaces import default_action_space
 
 VAE = {"horizon": 8, "latent_dim": 32, "num_layers": 2, "ff_size": 64, "num_heads": 2}
 STEPS = 150
@@ -286,7 +286,7 @@ def test_nan_weights_are_refused_naming_the_key(tmp_path) -> None:
 
 
 def compute_stats_like(dim: int):
-    from ate_core.policy.transforms import NormStats
+    from ate_core.data.spaces import NormStats
 
     data = np.random.default_rng(0).normal(size=(50, dim)).astype(np.float32)
     return {"state": NormStats.from_data(data), "action": NormStats.from_data(data)}

@@ -17,7 +17,8 @@ from rclpy.parameter import Parameter
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
-from ate_core.config import BimanualConfig, load_config, replace_in
+from ate_core.config import replace_in
+from ate_core.robot.config import BimanualConfig, load_config
 from ate_ros.conversions import stamp_to_ns
 from ate_ros.images import image_to_rgb, jpeg_to_rgb
 from ate_ros.nodes.camera_node import CameraNode

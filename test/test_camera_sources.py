@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from ate_core.config import CameraConfig
+from ate_core.robot.config import CameraConfig
 from ate_ros.drivers.camera_sources import (CameraError, PatternSource, V4L2Source,
                                             VideoFileSource, open_source)
 from ate_ros.sim.camera_pattern import CameraPattern, frame_number, render_pattern

@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from ate_core.policy import factory
 from ate_core.policy.base import Observation
-from ate_core.policy.transforms import NormStats
+from ate_core.data.spaces import NormStats
 from ate_core.train import checkpoint as ckpt
 from ate_core.policy.pretrained import CheckpointError, load_pretrained, save_pretrained
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ate_core.config import load_config
+from ate_core.robot.config import load_config
 from ate_core.robot.collision import (CapsuleModel, LinkChain, arm_points, arm_segments,
                                       capsule_clearance_m, segment_distance)
 from ate_core.robot.layout import default_bimanual_layout

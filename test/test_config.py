@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ate_core.config import (
-    BimanualConfig, ConfigError, flatten, from_flat, load_config, replace_in,
-)
+from ate_core.config import ConfigError, flatten, from_flat, replace_in
+from ate_core.robot.config import BimanualConfig, load_config
 
 SHIPPED = Path(__file__).resolve().parents[1] / "config" / "bimanual.yaml"
 

@@ -12,7 +12,8 @@ from sensor_msgs.msg import JointState
 from std_srvs.srv import SetBool
 from trajectory_msgs.msg import JointTrajectory
 
-from ate_core.config import replace_in, simulated
+from ate_core.config import replace_in
+from ate_core.robot.config import simulated
 from ate_ros.chunk_msgs import trajectory_to_chunk
 from ate_ros.nodes.camera_node import CameraNode
 from ate_ros.nodes.inference_node import InferenceNode

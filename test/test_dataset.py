@@ -15,7 +15,7 @@ from ate_core.data.dataset import EpisodeDataset
 from ate_core.data.episode import (DatasetInfo, Episode, EpisodeFormatError, default_joint_names,
                                    write_episode)
 from ate_core.data.stats import compute_stats, stats_from_tensors, stats_to_tensors
-from ate_core.policy.transforms import NormStats, NormStatsError
+from ate_core.data.spaces import NormStats, NormStatsError
 
 SIZE = (16, 16)
 GREY_STEP = 40  # frame t of an episode is a uniform grey of level GREY_STEP * t + 10

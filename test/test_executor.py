@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ate_core.config import ExecutorConfig
+from ate_core.robot.config import ExecutorConfig
 from ate_core.runtime.chunk import ActionChunk, ChunkRejected, make_chunk
 from ate_core.runtime.executor import ChunkExecutor
 

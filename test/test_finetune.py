@@ -23,7 +23,7 @@ from ate_core.config import ConfigError
 from ate_core.data.stats import compute_stats
 from ate_core.data.synthetic import generate_synthetic_dataset
 from ate_core.policy.pretrained import load_pretrained
-from ate_core.policy.transforms import default_action_space
+from ate_core.data.spaces import default_action_space
 from ate_core.train.config import train_config_from_dict
 from ate_core.train.finetune import finetune, load_finetune_config
 from ate_core.train.finetune_cli import main as ate_finetune

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ate_core.config import load_config
+from ate_core.robot.config import load_config
 from ate_ros import graph
 from ate_ros.bringup import stack_plan
 from ate_ros.graph import NodeSpec, executable_command, in_process, robot_graph, sim_controllers

@@ -20,7 +20,8 @@ from sensor_msgs.msg import Image, JointState
 from trajectory_msgs.msg import JointTrajectory
 from visualization_msgs.msg import Marker, MarkerArray
 
-from ate_core.config import BimanualConfig, ConfigError, load_config, replace_in
+from ate_core.config import ConfigError, replace_in
+from ate_core.robot.config import BimanualConfig, load_config
 from ate_core.data.episode import default_joint_names
 from ate_core.robot.from_config import layout_from_config
 from ate_ros.conversions import ns_to_stamp, stamp_to_ns

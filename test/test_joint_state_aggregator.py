@@ -8,7 +8,7 @@ import pytest
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import JointState
 
-from ate_core.config import load_config
+from ate_core.robot.config import load_config
 from ate_ros.nodes.joint_state_aggregator import JointStateAggregator
 
 pytestmark = pytest.mark.ros  # real DDS / RealMan SDK: CI runs these with a core kept busy too

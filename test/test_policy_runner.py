@@ -20,11 +20,12 @@ from ate_core.align.checkpoint import KLReference, save_vae
 from ate_core.align.configuration_vae import VAEConfig
 from ate_core.align.latent_stats import LatentStats
 from ate_core.align.modeling_vae import ActionChunkVAE
-from ate_core.config import ConfigError, InferenceConfig
+from ate_core.config import ConfigError
+from ate_core.robot.config import InferenceConfig
 from ate_core.data.episode import default_joint_names
 from ate_core.data.stats import compute_stats
 from ate_core.data.synthetic import generate_synthetic_dataset
-from ate_core.policy.transforms import default_action_space
+from ate_core.data.spaces import default_action_space
 from ate_core.runtime.policy_runner import PolicyRunner
 from ate_core.train.config import train_config_from_dict
 from ate_core.train.finetune import finetune, finetune_config_from_dict

@@ -10,9 +10,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from safetensors.numpy import load_file, save_file
 
-from ate_core.policy.transforms import (Compose, NormStats, Normalize, PadActions,
-                                        UnifiedActionSpace, Unnormalize, UnpadActions,
-                                        default_action_space)
+from ate_core.policy.transforms import Compose, Normalize, PadActions, Unnormalize, UnpadActions
+from ate_core.data.spaces import NormStats, UnifiedActionSpace, default_action_space
 
 SPACE = default_action_space()
 DIMS = {"rm75_bimanual": 16, "rm65_single": 7}

@@ -15,7 +15,7 @@ from ate_core.data.synthetic import generate_synthetic_dataset
 from ate_core.policy import base
 from ate_core.policy.processor import (PolicyProcessor, ProcessedDataset, ProcessorInputError,
                                       collate)
-from ate_core.policy.transforms import NormStats, NormStatsError, default_action_space
+from ate_core.data.spaces import NormStats, NormStatsError, default_action_space
 
 SPACE = default_action_space()
 EMB = "rm75_bimanual"

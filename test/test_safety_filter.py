@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ate_core.config import WorkspaceBox, load_config
+from ate_core.robot.config import WorkspaceBox, load_config
 from ate_core.robot.collision import CapsuleModel
 from ate_core.robot.from_config import layout_from_config
 from ate_core.runtime.safety import RULES, FilterResult, Intervention, SafetyFilter

@@ -14,7 +14,7 @@ from ate_core.align.modeling_vae import ActionChunkVAE
 from ate_core.config import ConfigError
 from ate_core.policy import factory
 from ate_core.policy.base import Batch, Observation, TrainingTerms, denoising_loss
-from ate_core.policy.transforms import NormStats, default_action_space
+from ate_core.data.spaces import NormStats, default_action_space
 from ate_core.steer.config import GuidanceConfig, InferenceGuidanceConfig
 from ate_core.steer.guidance import (LatentGuidance, guidance_coefficient, latent_gradient,
                                      latent_log_likelihood)

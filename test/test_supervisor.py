@@ -9,7 +9,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ate_core.config import load_config
+from ate_core.robot.config import load_config
 from ate_core.robot.from_config import layout_from_config
 from ate_core.runtime.chunk import make_chunk
 from ate_core.runtime.supervisor import Mode, Supervisor, TickOutput

@@ -13,7 +13,7 @@ from sensor_msgs.msg import JointState
 from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory
 
-from ate_core.config import BimanualConfig
+from ate_core.robot.config import BimanualConfig
 from ate_core.runtime.chunk import make_chunk
 from ate_ros.chunk_msgs import chunk_to_trajectory
 from ate_ros.nodes.supervisor_node import SupervisorNode

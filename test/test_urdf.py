@@ -12,7 +12,7 @@ from ate_core.robot.layout import (ArmPlacement, BimanualLayout, MountPose,
                                    default_bimanual_layout)
 from ate_core.robot.models import GRIPPER_MAX_OPENING_M, RM65_B, RM75_B, ArmModel
 from ate_core.robot import urdf_cli
-from ate_core.config import load_config
+from ate_core.robot.config import load_config
 from ate_core.robot.urdf import (UrdfError, bimanual_urdf, parse_urdf, urdf_chain_fk,
                                  write_bimanual_urdf)
 

@@ -41,7 +41,7 @@ from ate_core.durable_io import fsync_dir as _fsync_dir
 from ate_core.policy.pretrained import (LAST_LINK, CheckpointError, _plain, _read_json, _read_tensors,
                                         _replace_dir, _sha256, _temp_dir_beside, _write_json, _write_tensors,
                                         latest_checkpoint)
-from ate_core.policy.transforms import ActionSpaceError, NormStats, NormStatsError, UnifiedActionSpace
+from ate_core.data.spaces import ActionSpaceError, NormStats, NormStatsError, UnifiedActionSpace
 
 __all__ = [
     "CheckpointError",

@@ -23,7 +23,8 @@ import torch.utils.data
 
 from ate_core.data.episode import EpisodeFormatError, EpisodeReader, PathLike, list_episodes, read_info
 from ate_core.data.stats import compute_stats
-from ate_core.policy.transforms import Normalize, NormStats, NormStatsError, UnifiedActionSpace
+from ate_core.policy.transforms import Normalize
+from ate_core.data.spaces import NormStats, NormStatsError, UnifiedActionSpace
 
 __all__ = ["ActionChunkDataset"]
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Iterator, Optional
 
 from ate_core.config import Problem, checked, in_range
-from ate_core.policy.transforms import UNIFIED_ACTION_WIDTH
+from ate_core.data.spaces import UNIFIED_ACTION_WIDTH
 
 __all__ = ["VAEConfig"]
 

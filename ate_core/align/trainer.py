@@ -44,7 +44,7 @@ from ate_core.align.latent_stats import LatentStats, compute_latent_stats
 from ate_core.align.modeling_vae import ActionChunkVAE
 from ate_core.align.report import latent_fit_report
 from ate_core.config import ConfigError
-from ate_core.policy.transforms import ActionSpaceError, UnifiedActionSpace, default_action_space
+from ate_core.data.spaces import ActionSpaceError, UnifiedActionSpace, default_action_space
 from ate_core.train.checkpoint import _point_last, checkpoint_dir, latest_checkpoint
 from ate_core.train.trainer import TrainingError, cosine_with_warmup
 

@@ -40,7 +40,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from ate_core.durable_io import fsync_file as _fsync_file, fsync_dir as _fsync_dir
-from ate_core.policy.transforms import ActionSpaceError, default_action_space
+from ate_core.data.spaces import ActionSpaceError, default_action_space
 
 __all__ = [
     "FORMAT",
@@ -93,7 +93,7 @@ def default_joint_names(embodiment: str) -> Tuple[str, ...]:
     """The native joint order of a known embodiment (``ate_core.robot.layout``'s naming).
 
     ``rm75_bimanual``: left_joint1..7, left_gripper, right_joint1..7, right_gripper, the order
-    :func:`~ate_core.policy.transforms.default_action_space` maps into the unified slots.
+    :func:`~ate_core.data.spaces.default_action_space` maps into the unified slots.
     ``rm65_single``: joint1..6, gripper.
     """
     if embodiment == "rm75_bimanual":

@@ -13,7 +13,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from ate_core.data.episode import EpisodeReader, PathLike, list_episodes, read_info
-from ate_core.policy.transforms import NormStats, NormStatsError
+from ate_core.data.spaces import NormStats, NormStatsError
 
 __all__ = ["STAT_KEYS", "compute_stats", "stats_to_tensors", "stats_from_tensors"]
 

@@ -7,7 +7,7 @@ from typing import Iterator, Optional, Tuple
 
 from ate_core.config import Problem, checked, nonempty
 from ate_core.policy.encoder import EncoderConfig, encoder_input_problem
-from ate_core.policy.transforms import UNIFIED_ACTION_WIDTH
+from ate_core.data.spaces import UNIFIED_ACTION_WIDTH
 
 __all__ = ["ChunkingPolicyConfig"]
 

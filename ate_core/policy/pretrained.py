@@ -36,8 +36,13 @@ from ate_core.config import ConfigError
 from ate_core.data.stats import stats_from_tensors, stats_to_tensors
 from ate_core.policy import factory
 from ate_core.policy.base import Policy
-from ate_core.policy.transforms import (ActionSpaceError, NormStats, NormStatsError, UnifiedActionSpace,
-                                        default_action_space)
+from ate_core.data.spaces import (
+    ActionSpaceError,
+    NormStats,
+    NormStatsError,
+    UnifiedActionSpace,
+    default_action_space,
+)
 
 __all__ = [
     "CheckpointError",

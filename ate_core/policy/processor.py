@@ -19,8 +19,8 @@ import torch
 import torch.utils.data
 
 from ate_core.policy import base
-from ate_core.policy.transforms import (Compose, Normalize, NormStats, NormStatsError,
-                                        PadActions, UnifiedActionSpace)
+from ate_core.policy.transforms import Compose, Normalize, PadActions
+from ate_core.data.spaces import NormStats, NormStatsError, UnifiedActionSpace
 
 if TYPE_CHECKING:
     from ate_core.data.dataset import EpisodeDataset, RawSample

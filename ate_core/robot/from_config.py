@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ate_core.config import BimanualConfig
+from ate_core.robot.config import BimanualConfig
 from ate_core.robot.layout import ArmPlacement, BimanualLayout, MountPose
 from ate_core.robot.models import arm_model
 

@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ate_core.config import ConfigError, load_config
+from ate_core.config import ConfigError
+from ate_core.robot.config import load_config
 from ate_core.robot.from_config import layout_from_config
 from ate_core.robot.urdf import bimanual_urdf
 

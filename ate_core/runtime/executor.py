@@ -46,7 +46,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ate_core.config import ExecutorConfig
+from ate_core.robot.config import ExecutorConfig
 from ate_core.runtime.chunk import ActionChunk, ChunkRejected
 
 __all__ = ["ChunkExecutor", "ExecutorStats"]

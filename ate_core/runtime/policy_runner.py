@@ -20,7 +20,8 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 import numpy as np
 import torch
 
-from ate_core.config import ConfigError, InferenceConfig
+from ate_core.config import ConfigError
+from ate_core.robot.config import InferenceConfig
 from ate_core.data.episode import EpisodeFormatError, default_joint_names
 from ate_core.policy.base import StepHook
 from ate_core.policy.pretrained import LoadedPolicy, load_pretrained

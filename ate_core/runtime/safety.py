@@ -16,7 +16,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ate_core.config import SafetyConfig
+from ate_core.robot.config import SafetyConfig
 from ate_core.robot.collision import LinkChain, capsule_clearance_m
 from ate_core.robot.layout import BimanualLayout
 

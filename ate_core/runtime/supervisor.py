@@ -49,7 +49,7 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ate_core.config import SupervisorConfig
+from ate_core.robot.config import SupervisorConfig
 from ate_core.robot.layout import BimanualLayout
 from ate_core.runtime.chunk import ActionChunk, ChunkRejected
 from ate_core.runtime.executor import ChunkExecutor

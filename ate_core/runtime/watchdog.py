@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, Optional, Sequence, Tuple
 
-from ate_core.config import WatchdogConfig
+from ate_core.robot.config import WatchdogConfig
 
 __all__ = ["Fault", "Watchdogs", "HOLD", "STOP"]
 

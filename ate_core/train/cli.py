@@ -60,7 +60,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
 
     from ate_core.config import ConfigError
-    from ate_core.policy.transforms import ActionSpaceError
+    from ate_core.data.spaces import ActionSpaceError
     from ate_core.train.checkpoint import CheckpointError
     from ate_core.train.config import load_train_config, parse_overrides
     from ate_core.train.trainer import TrainingError, check_policy_section, train
@@ -79,7 +79,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         _error(first_line(e))
         return 2
     from ate_core.data.episode import EpisodeFormatError
-    from ate_core.policy.transforms import NormStatsError
+    from ate_core.data.spaces import NormStatsError
 
     try:
         result = train(cfg, progress=not args.no_progress, source=args.config)

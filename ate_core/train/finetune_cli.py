@@ -53,7 +53,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     from ate_core.config import ConfigError
     from ate_core.policy.pretrained import CheckpointError
-    from ate_core.policy.transforms import ActionSpaceError, NormStatsError
+    from ate_core.data.spaces import ActionSpaceError, NormStatsError
     from ate_core.train.config import parse_overrides
     from ate_core.train.finetune import finetune, load_finetune_config
     from ate_core.train.trainer import TrainingError, check_policy_section

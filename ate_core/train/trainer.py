@@ -37,7 +37,7 @@ from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler, Samp
 from ate_core.config import ConfigError
 from ate_core.policy import factory
 from ate_core.policy.base import Batch, Policy
-from ate_core.policy.transforms import NormStats, UnifiedActionSpace, default_action_space
+from ate_core.data.spaces import NormStats, UnifiedActionSpace, default_action_space
 from ate_core.train import checkpoint as ckpt
 from ate_core.train.config import PolicySection, TrainConfig, train_config_to_dict
 from ate_core.train.distributed import (DistInfo, all_reduce_mean, barrier, dist_info, distributed,

@@ -22,7 +22,7 @@ from typing import Callable, Optional, Tuple, Union
 import cv2
 import numpy as np
 
-from ate_core.config import CameraConfig
+from ate_core.robot.config import CameraConfig
 from ate_ros.sim.camera_pattern import CameraPattern
 
 __all__ = ["CameraError", "Frame", "CameraSource", "V4L2Source", "VideoFileSource",

@@ -45,7 +45,7 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 
 from Robotic_Arm.rm_robot_interface import rm_realtime_push_config_t, rm_udp_custom_config_t
 
-from ate_core.config import ArmConfig
+from ate_core.robot.config import ArmConfig
 from ate_core.robot.models import GRIPPER_MAX_OPENING_M, arm_model
 from ate_core.runtime.arm_command import JointLimits
 from ate_ros.drivers.realman_sdk import (

@@ -27,7 +27,7 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool
 from std_srvs.srv import Trigger
 
-from ate_core.config import BimanualConfig, simulated
+from ate_core.robot.config import BimanualConfig, simulated
 from ate_core.runtime.arm_command import CommandChecker, CommandRejected
 from ate_core.runtime.joint_states import JointSample
 from ate_ros.conversions import sample_to_joint_state

@@ -25,7 +25,7 @@ from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
-from ate_core.config import BimanualConfig, CameraConfig, simulated
+from ate_core.robot.config import BimanualConfig, CameraConfig, simulated
 from ate_ros.conversions import ns_to_stamp
 from ate_ros.diagnostics import ERROR, OK, WARN, diagnostic_array, diagnostic_status
 from ate_ros.drivers.camera_sources import CameraError, CameraSource, Frame, open_source

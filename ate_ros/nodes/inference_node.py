@@ -31,7 +31,8 @@ from sensor_msgs.msg import Image, JointState
 from trajectory_msgs.msg import JointTrajectory
 from visualization_msgs.msg import MarkerArray
 
-from ate_core.config import BimanualConfig, ConfigError
+from ate_core.config import ConfigError
+from ate_core.robot.config import BimanualConfig
 from ate_core.policy.pretrained import CheckpointError
 from ate_core.robot.from_config import layout_from_config
 from ate_core.runtime.chunk import ChunkRejected

@@ -15,7 +15,7 @@ from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import JointState
 
-from ate_core.config import BimanualConfig
+from ate_core.robot.config import BimanualConfig
 from ate_core.runtime.joint_states import JointStateMerger, JointStateRejected
 from ate_ros.conversions import joint_state_to_sample, sample_to_joint_state
 from ate_ros.node_host import run_nodes

@@ -31,7 +31,7 @@ from sensor_msgs.msg import CameraInfo, JointState
 from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory
 
-from ate_core.config import BimanualConfig
+from ate_core.robot.config import BimanualConfig
 from ate_core.robot.from_config import layout_from_config
 from ate_core.runtime.chunk import ChunkRejected
 from ate_core.runtime.supervisor import Mode, Supervisor, TickOutput

@@ -26,7 +26,7 @@ from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import JointState
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-from ate_core.config import BimanualConfig, load_config
+from ate_core.robot.config import BimanualConfig, load_config
 from ate_ros.graph import NodeSpec, robot_graph
 
 #: What test/test_launch.py hands over.

@@ -1,0 +1,325 @@
+"""The robot stack's configuration: ``config/bimanual.yaml`` as frozen dataclasses.
+
+Both arms (controller endpoints, kinematic model, mounts), the cameras, the inference node, the
+supervisor (executor, safety filter, watchdogs) and the emulated controllers of ``sim:=true``.
+Every node, the launch file and the bringup read this one schema (:func:`load_config`); a node
+declares the sections it uses as ROS parameters (``ate_ros.params``), described by the ``doc``
+of each field. Loading and validation are :mod:`ate_core.config`'s.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Dict, Iterator, Tuple, Union
+
+from ate_core.config import (Problem, checked, in_range, ipv4, load_dataclass, nonempty, one_of,
+                             port_number)
+from ate_core.robot.models import ARM_MODELS, GRIPPER_MAX_OPENING_M, arm_model
+
+__all__ = ["MountConfig", "ArmConfig", "ArmsConfig", "GripperConfig", "TopicsConfig", "EndpointConfig",
+           "SimArmsConfig", "SimConfig", "CameraConfig", "InferenceConfig", "ExecutorConfig", "WorkspaceBox",
+           "SafetyConfig", "WatchdogConfig", "SupervisorConfig", "BimanualConfig", "simulated", "load_config"]
+
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+Vec3 = Tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class MountConfig:
+    """Where an arm's base sits on the robot base (URDF xyz / fixed-axis rpy)."""
+
+    xyz_m: Vec3 = (0.0, 0.0, 0.0)
+    rpy_rad: Vec3 = checked((0.0, 0.0, 0.0), check=in_range(-2 * math.pi, 2 * math.pi))
+
+
+@dataclass(frozen=True)
+class ArmConfig:
+    """One RealMan arm: its controller endpoint, kinematic model and naming."""
+
+    ip: str = checked(check=ipv4)
+    udp_port: int = checked(check=port_number, doc="UDP port the controller pushes state to")
+    joint_names: Tuple[str, ...] = checked(check=nonempty)
+    gripper_joint: str = checked(check=nonempty)
+    home_rad: Tuple[float, ...] = checked(check=in_range(-2 * math.pi, 2 * math.pi))
+    model: str = checked("RM75-B", check=one_of(*sorted(ARM_MODELS)))
+    tcp_port: int = checked(8080, check=port_number)
+    follow: bool = False
+    control_period_s: float = checked(0.01, check=in_range(0.002, 0.1))
+    push_cycle: int = checked(1, check=in_range(1, 100), doc="UDP push period in 5 ms units")
+    realtime_priority: int = checked(49, check=in_range(0, 99),
+                                     doc="SCHED_FIFO priority of the arm driver process's threads "
+                                         "(state pushes, commands); 0: normal")
+    mount: MountConfig = MountConfig()
+    #: Flange -> tool centre point (the gripper's fingertips). The supervisor's workspace box and
+    #: inter-arm capsules reach to it, so the gripper body is inside the safety model.
+    tcp: MountConfig = MountConfig()
+
+    def problems(self) -> Iterator[Problem]:
+        model = arm_model(self.model)
+        if len(self.joint_names) != model.dof:
+            yield ("joint_names", f"{len(self.joint_names)} joints given, {self.model} has "
+                                  f"{model.dof}")
+        if len(set(self.joint_names)) != len(self.joint_names):
+            yield ("joint_names", "joint names are not unique")
+        if len(self.home_rad) != model.dof:
+            yield ("home_rad", f"{len(self.home_rad)} values given, {self.model} has "
+                               f"{model.dof} joints")
+        else:
+            for i, (q, lo, hi) in enumerate(zip(self.home_rad, model.lower_rad, model.upper_rad)):
+                if not lo <= q <= hi:
+                    yield (f"home_rad[{i}]", f"{q} rad is outside the joint limits "
+                                             f"[{lo:.4f}, {hi:.4f}] of {self.model}")
+        if self.follow and self.control_period_s > 0.010 + 1e-12:
+            # RealMan: high-follow pass-through needs a command period of at most 10 ms.
+            yield ("control_period_s", f"{self.control_period_s} s is too slow for follow: true "
+                                       f"(high-follow mode requires <= 0.01 s)")
+
+
+@dataclass(frozen=True)
+class ArmsConfig:
+    left: ArmConfig
+    right: ArmConfig
+
+    def items(self) -> Tuple[Tuple[str, ArmConfig], ...]:
+        return (("left", self.left), ("right", self.right))
+
+    def problems(self) -> Iterator[Problem]:
+        if (self.left.ip, self.left.tcp_port) == (self.right.ip, self.right.tcp_port):
+            yield ("right.tcp_port", f"both arms use {self.left.ip}:{self.left.tcp_port}")
+        # One push port per arm: with a shared port the kernel delivers every datagram to one
+        # socket only, so the other arm's state silently stops (RealMan SDK, dual-arm notes).
+        if self.left.udp_port == self.right.udp_port:
+            yield ("right.udp_port", f"both arms use UDP push port {self.left.udp_port}; "
+                                     f"each arm needs its own")
+        names = set(self.left.joint_names) | {self.left.gripper_joint}
+        clash = names & (set(self.right.joint_names) | {self.right.gripper_joint})
+        if clash:
+            yield ("right.joint_names", f"joint names shared with the left arm: {sorted(clash)}")
+
+
+@dataclass(frozen=True)
+class GripperConfig:
+    max_opening_m: float = checked(GRIPPER_MAX_OPENING_M, check=in_range(0.0, 0.2))
+
+
+@dataclass(frozen=True)
+class TopicsConfig:
+    """Topic names the nodes share (see the ROS interface table in the README)."""
+
+    joint_states: str = checked("/joint_states", check=nonempty)
+    arm_joint_states: str = checked("joint_states", check=nonempty,
+                                    doc="per-arm topic, relative to the arm namespace")
+    arm_command: str = checked("command", check=nonempty)
+    diagnostics: str = checked("/diagnostics", check=nonempty)
+    cameras: str = checked("/cameras", check=nonempty,
+                           doc="camera namespace: {cameras}/{name}/image_raw")
+    action_chunk: str = checked("/ate/action_chunk", check=nonempty)
+    markers: str = checked("/ate/markers", check=nonempty)
+    estop: str = checked("/ate/estop", check=nonempty)
+    rearm: str = checked("/ate/rearm", check=nonempty)
+    engage: str = checked("/ate/engage", check=nonempty)
+
+
+@dataclass(frozen=True)
+class EndpointConfig:
+    """Where an emulated controller listens in simulation (loopback)."""
+
+    ip: str = checked(check=ipv4)
+    tcp_port: int = checked(check=port_number)
+    udp_port: int = checked(check=port_number)
+
+
+@dataclass(frozen=True)
+class SimArmsConfig:
+    left: EndpointConfig = EndpointConfig("127.0.0.1", 18080, 18089)
+    right: EndpointConfig = EndpointConfig("127.0.0.2", 18080, 18090)
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """`sim:=true`: each arm's controller is an emulator on loopback, driven by the real SDK."""
+
+    arms: SimArmsConfig = SimArmsConfig()
+
+
+# ---------------------------------------------------------------------------------------------
+# Cameras, inference and the supervisor (the control path)
+
+
+@dataclass(frozen=True)
+class CameraConfig:
+    """One camera: where frames come from and how they are published.
+
+    ``source``: ``v4l2`` (a device through OpenCV), ``video`` (a file, looped) or ``sim`` (the
+    simulated scene). Frames are published at ``width`` x ``height``; ``horizontal_fov_deg``
+    gives the pinhole intrinsics of ``camera_info`` until a calibration is loaded.
+    """
+
+    source: str = checked("sim", check=one_of("v4l2", "video", "sim"))
+    device: str = checked("/dev/video0", check=nonempty, doc="v4l2: device path or index")
+    video_file: str = ""  # video: the file, played in a loop
+    width: int = checked(640, check=in_range(16, 8192))
+    height: int = checked(480, check=in_range(16, 8192))
+    fps: float = checked(30.0, check=in_range(0.5, 240.0))
+    pixel_format: str = checked("MJPG", check=one_of("MJPG", "YUYV"))
+    jpeg_quality: int = checked(90, check=in_range(1, 100))
+    horizontal_fov_deg: float = checked(70.0, check=in_range(1.0, 179.0))
+    max_age_s: float = checked(0.1, check=in_range(0.001, 10.0),
+                               doc="an older newest frame blocks inference")
+    reopen_s: float = checked(1.0, check=in_range(0.01, 60.0),
+                              doc="wait before reopening a device that failed")
+
+    def problems(self) -> Iterator[Problem]:
+        if self.source == "video" and not self.video_file:
+            yield ("video_file", "source video needs a video_file")
+
+
+def _default_cameras() -> Dict[str, CameraConfig]:
+    return {name: CameraConfig() for name in ("head", "left_wrist", "right_wrist")}
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """The inference node: which checkpoint, where it runs, how often, on what instruction."""
+
+    checkpoint: str = ""  # policy checkpoint directory ("": no inference node is started)
+    device: str = checked("auto", check=one_of("auto", "cpu", "cuda"))
+    dtype: str = checked("float32", check=one_of("float32", "float16", "bfloat16"),
+                         doc="autocast dtype on CUDA (CPU always runs float32)")
+    task: str = ""  # the instruction given to the policy
+    num_steps: int = checked(0, check=in_range(0, 1000), doc="denoising steps (0: the policy's)")
+    period_s: float = checked(0.0, check=in_range(0.0, 10.0),
+                              doc="least time between inferences (0: back to back)")
+    action_period_s: float = checked(0.0, check=in_range(0.0, 1.0),
+                                     doc="time between chunk points (0: the checkpoint's fps)")
+    torch_threads: int = checked(2, check=in_range(1, 256))
+    nice: int = checked(10, check=in_range(0, 19),
+                        doc="the worker's niceness: the model yields the CPU to the control loop")
+    warmup_runs: int = checked(2, check=in_range(0, 100))
+    joint_state_max_age_s: float = checked(0.05, check=in_range(0.001, 10.0))
+    guidance: bool = False
+    guidance_vae: str = ""  # ATE VAE for inference guidance ("": the one the checkpoint records)
+    guidance_scale: float = checked(1.0, check=in_range(0.0, 100.0))
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    """How the supervisor turns chunks into per-tick targets (``ate_core.runtime.executor``)."""
+
+    mode: str = checked("crossfade", check=one_of("replace", "crossfade", "ensemble"))
+    crossfade_s: float = checked(0.1, check=in_range(0.0, 5.0))
+    ensemble_k: float = checked(0.01, check=in_range(0.0, 10.0),
+                                doc="ACT temporal ensembling: weight exp(-k i), i = 0 oldest")
+    max_chunks: int = checked(8, check=in_range(1, 1000), doc="chunks kept for blending")
+    max_future_s: float = checked(0.05, check=in_range(0.0, 10.0),
+                                  doc="a chunk stamped further ahead of the supervisor's clock "
+                                      "is rejected (clocks of policy and robot PC disagree)")
+
+
+@dataclass(frozen=True)
+class WorkspaceBox:
+    """Axis-aligned box in base_link that an arm's TCP must stay in."""
+
+    min_m: Vec3 = (-1.0, -1.0, -1.0)
+    max_m: Vec3 = (1.0, 1.0, 1.0)
+
+    def problems(self) -> Iterator[Problem]:
+        for axis, lo, hi in zip("xyz", self.min_m, self.max_m):
+            if not lo < hi:
+                yield ("max_m", f"{axis}: max {hi} is not above min {lo}")
+
+
+def _default_workspace() -> Dict[str, WorkspaceBox]:
+    return {"left": WorkspaceBox((-0.05, -0.25, -0.30), (0.70, 0.85, 0.80)),
+            "right": WorkspaceBox((-0.05, -0.85, -0.30), (0.70, 0.25, 0.80))}
+
+
+@dataclass(frozen=True)
+class SafetyConfig:
+    """Every target passes these each tick (``ate_core.runtime.safety``)."""
+
+    joint_margin_rad: float = checked(0.05, check=in_range(0.0, 0.5))
+    velocity_scale: float = checked(0.5, check=in_range(0.01, 1.0),
+                                    doc="fraction of each joint's rated velocity")
+    acceleration_scale: float = checked(0.2, check=in_range(0.01, 1.0),
+                                        doc="fraction of each joint's rated acceleration")
+    gripper_velocity_m_s: float = checked(0.1, check=in_range(0.001, 1.0))
+    workspace: Dict[str, WorkspaceBox] = field(default_factory=_default_workspace)
+    min_arm_distance_m: float = checked(0.05, check=in_range(0.0, 1.0))
+    link_radius_m: float = checked(0.06, check=in_range(0.0, 0.5),
+                                   doc="capsule radius of every arm link")
+
+
+@dataclass(frozen=True)
+class WatchdogConfig:
+    """Timeouts after which the supervisor holds (or stops, for a lost controller)."""
+
+    joint_state_timeout_s: float = checked(0.05, check=in_range(0.005, 10.0))
+    chunk_timeout_s: float = checked(1.0, check=in_range(0.01, 60.0))
+    camera_timeout_s: float = checked(0.25, check=in_range(0.01, 60.0))
+    controller_timeout_s: float = checked(0.5, check=in_range(0.01, 60.0),
+                                          doc="joint state silent this long: controller lost")
+
+    def problems(self) -> Iterator[Problem]:
+        if self.controller_timeout_s <= self.joint_state_timeout_s:
+            yield ("controller_timeout_s", "must be longer than joint_state_timeout_s")
+
+
+@dataclass(frozen=True)
+class SupervisorConfig:
+    """The only commander of the arms: control rate, ramps, executor, safety, watchdogs."""
+
+    rate_hz: float = checked(100.0, check=in_range(1.0, 1000.0))
+    realtime_priority: int = checked(50, check=in_range(0, 99),
+                                     doc="SCHED_FIFO priority of the control loop (0: normal)")
+    ramp_s: float = checked(1.0, check=in_range(0.0, 30.0), doc="engage / re-engage ramp")
+    dry_run: bool = False
+    executor: ExecutorConfig = ExecutorConfig()
+    safety: SafetyConfig = SafetyConfig()
+    watchdog: WatchdogConfig = WatchdogConfig()
+
+
+@dataclass(frozen=True)
+class BimanualConfig:
+    """The whole robot: both arms, their layout, and the names the nodes use."""
+
+    arms: ArmsConfig
+    robot_name: str = checked("ate_bimanual", check=nonempty)
+    gripper: GripperConfig = GripperConfig()
+    topics: TopicsConfig = TopicsConfig()
+    cameras: Dict[str, CameraConfig] = field(default_factory=_default_cameras)
+    inference: InferenceConfig = InferenceConfig()
+    supervisor: SupervisorConfig = SupervisorConfig()
+    sim: SimConfig = SimConfig()
+
+    def problems(self) -> Iterator[Problem]:
+        sides = {side for side, _ in self.arms.items()}
+        missing = sorted(sides - set(self.supervisor.safety.workspace))
+        if missing:
+            yield ("supervisor.safety.workspace", f"no workspace box for arms {missing}")
+        unknown = sorted(set(self.supervisor.safety.workspace) - sides)
+        if unknown:
+            yield ("supervisor.safety.workspace", f"boxes for unknown arms {unknown}")
+        for name in self.cameras:
+            if not _NAME.match(name):
+                yield (f"cameras.{name}", "camera names must be ROS name tokens "
+                                          "(letters, digits, '_')")
+
+
+def simulated(cfg: BimanualConfig) -> BimanualConfig:
+    """The same robot with every arm pointed at its emulator endpoint from ``cfg.sim`` and
+    every camera showing the simulated scene."""
+    arms = {side: dataclasses.replace(arm, ip=ep.ip, tcp_port=ep.tcp_port, udp_port=ep.udp_port)
+            for (side, arm), ep in zip(cfg.arms.items(), (cfg.sim.arms.left, cfg.sim.arms.right))}
+    cameras = {name: dataclasses.replace(cam, source="sim") for name, cam in cfg.cameras.items()}
+    return dataclasses.replace(cfg, arms=ArmsConfig(**arms), cameras=cameras)
+
+
+def load_config(path: Union[str, os.PathLike]) -> BimanualConfig:
+    """Read a robot config YAML (``config/bimanual.yaml``); every problem raises ``ConfigError``."""
+    return load_dataclass(path, BimanualConfig)
