@@ -21,6 +21,14 @@ GRIPPER_MAX_FORCE_N = 1.5 * 9.80665
 #: Not documented by RealMan; an estimate (full stroke in about 0.7 s) that only fills the URDF's
 #: required velocity attribute. The driver commands the gripper by position and speed 1..1000.
 GRIPPER_MAX_SPEED_M_S = 0.1
+#: The controller's base period: its UDP state push is configured in multiples of 5 ms
+#: (``rm_set_realtime_push`` ``cycle``), so the fastest push is 200 Hz.
+PUSH_CYCLE_UNIT_S = 0.005
+
+
+def push_period_s(cycle: int) -> float:
+    """The time between two state pushes of a controller set to push every ``cycle`` units."""
+    return PUSH_CYCLE_UNIT_S * int(cycle)
 
 
 @dataclass(frozen=True)
