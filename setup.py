@@ -27,7 +27,7 @@ TOOLS = {
     "ate_realman_emulator": "ate_ros.sim.realman_emulator:main",
     "ate_train": "ate_core.train.cli:main",
     "ate_align": "ate_core.align.cli:main",
-    "ate_finetune": "ate_core.train.finetune_cli:main",
+    "ate_finetune": "ate_core.steer.cli:main",
     "ate_synthetic_dataset": "ate_core.data.synthetic:main",
 }
 

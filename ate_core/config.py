@@ -7,7 +7,7 @@ key, type or value raises :class:`ConfigError` naming the source and the key pat
 sees the typed objects. A field's check and its one-line description travel in the dataclass
 field's metadata (:func:`checked`), so the file, ``--set`` overrides and ROS parameters (the
 flattened form, :func:`flatten` / :func:`from_flat`) are checked by the same rules and the
-parameters are described by the same words.
+parameters are described by the same words (:func:`key_docs`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import math
 import os
 import typing
 from dataclasses import field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Type, TypeVar, Union
+from typing import (Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple, Type, TypeVar,
+                    Union)
 
 import yaml
 
@@ -54,14 +55,24 @@ def port_number(value: int) -> Optional[str]:
     return None if 1 <= value <= 65535 else f"{value} is not a port number (1-65535)"
 
 
-def in_range(lo: float, hi: float) -> Check:
-    def check(value: Any) -> Optional[str]:
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """A closed interval every value (or every element of a tuple) must lie in; its bounds are
+    data so that a ROS parameter can show them (``ros2 param describe``)."""
+
+    lo: float
+    hi: float
+
+    def __call__(self, value: Any) -> Optional[str]:
         values = value if isinstance(value, tuple) else (value,)
         for v in values:
-            if not (math.isfinite(v) and lo <= v <= hi):
-                return f"{v} is outside [{lo}, {hi}]"
+            if not (math.isfinite(v) and self.lo <= v <= self.hi):
+                return f"{v} is outside [{self.lo}, {self.hi}]"
         return None
-    return check
+
+
+def in_range(lo: float, hi: float) -> Range:
+    return Range(lo, hi)
 
 
 def positive(value: float) -> Optional[str]:
@@ -78,8 +89,10 @@ def nonempty(value: Any) -> Optional[str]:
     return None if value else "must not be empty"
 
 
-def checked(default: Any = dataclasses.MISSING, *, check: Check, doc: str = "") -> Any:
-    """A dataclass field with a value check (and an optional one-line description)."""
+def checked(default: Any = dataclasses.MISSING, *, check: Optional[Check] = None,
+            doc: str = "") -> Any:
+    """A dataclass field with a one-line description and a value check (``None``: any value
+    of the field's type)."""
     meta = {"check": check, "doc": doc}
     if default is dataclasses.MISSING:
         return field(metadata=meta)
@@ -222,25 +235,41 @@ def _describe(value: Any) -> str:
 ParamValue = Union[bool, int, float, str, List[bool], List[int], List[float], List[str]]
 
 
-def flatten(obj: Any, prefix: str = "") -> Dict[str, ParamValue]:
-    """Dataclass -> {dotted key: scalar or homogeneous list} (what ROS parameters can hold)."""
-    out: Dict[str, ParamValue] = {}
+def _leaves(obj: Any, prefix: str = "") -> Iterator[Tuple[str, Any, dataclasses.Field]]:
+    """(dotted key, value, the field it is a value of) for every scalar or list in ``obj``."""
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         key = _join(prefix, f.name)
         if dataclasses.is_dataclass(value):
-            out.update(flatten(value, key))
+            yield from _leaves(value, key)
         elif isinstance(value, dict):
             for k, v in value.items():
                 if dataclasses.is_dataclass(v):
-                    out.update(flatten(v, f"{key}.{k}"))
+                    yield from _leaves(v, f"{key}.{k}")
                 else:
-                    out[f"{key}.{k}"] = v
-        elif isinstance(value, tuple):
-            out[key] = list(value)
+                    yield f"{key}.{k}", v, f
         else:
-            out[key] = value
-    return out
+            yield key, value, f
+
+
+def flatten(obj: Any, prefix: str = "") -> Dict[str, ParamValue]:
+    """Dataclass -> {dotted key: scalar or homogeneous list} (what ROS parameters can hold)."""
+    return {key: list(value) if isinstance(value, tuple) else value
+            for key, value, _ in _leaves(obj, prefix)}
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyDoc:
+    """What a key of :func:`flatten` means: its field's one-line description and value check."""
+
+    doc: str
+    check: Optional[Check]
+
+
+def key_docs(obj: Any) -> Dict[str, KeyDoc]:
+    """{dotted key: :class:`KeyDoc`} for the keys of ``flatten(obj)``, from :func:`checked`."""
+    return {key: KeyDoc(f.metadata.get("doc", ""), f.metadata.get("check"))
+            for key, _, f in _leaves(obj)}
 
 
 def from_flat(cls: Type[T], flat: Mapping[str, Any], source: str = "parameters") -> T:

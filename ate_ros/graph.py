@@ -31,6 +31,9 @@ class NodeSpec:
     name: str
     package: str = "ate_ros"
     namespace: str = ""
+    #: Only parameters the node declares: ROS drops an override of an undeclared one without a
+    #: word, and a config key is declared only by the nodes whose sections hold it
+    #: (``ate_ros.params``); every other value comes from ``config_file``.
     parameters: Dict[str, object] = field(default_factory=dict)
     #: Nodes from other packages (robot_state_publisher, rviz2) run only under `ros2 launch`.
     external: bool = False

@@ -24,8 +24,8 @@ ATE config) is pre-trained on the source chunks and fine-tuned on the same few t
 the plain loss, with ATE's guided loss, and with ATE plus inference-time guidance. Every few
 steps its samples are compared with held-out target chunks: MMD^2 in action space (lower is
 better) and the mean distance of a sample to the nearest target mode (precision).
-Everything runs through the project's own classes: ActionChunkVAE, InfoVAELoss, LatentGuidance,
-DiffusionPolicy.
+Everything runs through the project's own code: ActionChunkVAE, InfoVAELoss, the latent statistics
+of ate_core.align.latent_stats, LatentGuidance, DiffusionPolicy.
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
@@ -46,6 +45,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import header  # noqa: E402
 
 from ate_core.align.configuration_vae import VAEConfig  # noqa: E402
+from ate_core.align.latent_stats import (LatentStats, compute_latent_stats,  # noqa: E402
+                                         log_density_gaussian, log_density_mixture)
 from ate_core.align.losses import InfoVAELoss, mmd  # noqa: E402
 from ate_core.align.modeling_vae import ActionChunkVAE  # noqa: E402
 from ate_core.policy import factory  # noqa: E402
@@ -107,14 +108,6 @@ def target_mode_means() -> torch.Tensor:
 # ------------------------------------------------------------------------------ part (a): align
 
 
-@dataclass
-class Summary:
-    mean: torch.Tensor  # [L, d] average posterior mean
-    std: torch.Tensor   # [L, d] average posterior std
-    bank_mean: torch.Tensor  # [N, L, d]
-    bank_std: torch.Tensor
-
-
 def vae_config() -> VAEConfig:
     return VAEConfig(horizon=H, action_width=W, latent_dim=32, latent_tokens=1, num_layers=2, num_heads=2,
                      ff_size=64)
@@ -144,17 +137,9 @@ def train_vae(chunks: torch.Tensor, mask: torch.Tensor, *, steps: int, kl_weight
     return vae.eval()
 
 
-@torch.no_grad()
-def summarise(vae: ActionChunkVAE, chunks: torch.Tensor, mask: torch.Tensor) -> Summary:
-    q = vae.encode(chunks, mask)
-    return Summary(q.mean.mean(0), q.std.mean(0), q.mean, q.std)
-
-
-def mixture_log_density(z: torch.Tensor, bank_mean: torch.Tensor, bank_std: torch.Tensor) -> torch.Tensor:
-    """log (1/N sum_i N(z; mu_i, std_i^2)) per row of ``z [B, D]``."""
-    z, mu, sd = z.flatten(1)[:, None, :], bank_mean.flatten(1)[None], bank_std.flatten(1)[None]
-    log_n = -0.5 * (((z - mu) / sd) ** 2 + 2 * torch.log(sd) + math.log(2 * math.pi)).sum(-1)
-    return torch.logsumexp(log_n, dim=1) - math.log(bank_mean.shape[0])
+def latent_stats(vae: ActionChunkVAE, chunks: torch.Tensor, mask: torch.Tensor) -> LatentStats:
+    """The posterior averages of every chunk, and every posterior in chunk order (the bank)."""
+    return compute_latent_stats(vae, list(zip(chunks, mask)), bank_size=len(chunks))
 
 
 def part_align(args: argparse.Namespace, src: torch.Tensor, src_mode: np.ndarray,
@@ -162,10 +147,10 @@ def part_align(args: argparse.Namespace, src: torch.Tensor, src_mode: np.ndarray
     src_mask, tgt_mask = _mask(SRC_SLOTS, len(src)), _mask(TGT_SLOTS, len(tgt))
     t0 = time.monotonic()
     pre = train_vae(src, src_mask, steps=args.vae_steps, kl_weight=7.5e-5, reference=None, seed=1)
-    summary = summarise(pre, src, src_mask)
+    summary = latent_stats(pre, src, src_mask)
     # a subsample of the pre-training posteriors is the aggregate mixture
     bank = torch.randperm(len(src), generator=torch.Generator().manual_seed(0))[:1024]
-    own = mixture_log_density(summary.bank_mean[bank[:256]], summary.bank_mean[bank], summary.bank_std[bank])
+    own = log_density_mixture(summary.bank_mean[bank[:256]], summary.bank_mean[bank], summary.bank_std[bank])
     threshold = float(torch.quantile(own, 0.05))
     # the pre-training modes in latent space: centroid and RMS radius of each source mode
     flat = summary.bank_mean.flatten(1)
@@ -186,8 +171,8 @@ def part_align(args: argparse.Namespace, src: torch.Tensor, src_mode: np.ndarray
         with torch.no_grad():
             out = ada(tgt, tgt_mask)
             z = ada.encode(tgt, tgt_mask).mean
-        logp = mixture_log_density(z, summary.bank_mean[bank], summary.bank_std[bank])
-        ref_logp = mixture_log_density(z, summary.mean[None], summary.std[None])
+        logp = log_density_mixture(z, summary.bank_mean[bank], summary.bank_std[bank])
+        ref_logp = log_density_gaussian(z, summary.mean, summary.std)
         in_mode = (torch.cdist(z.flatten(1), centroids) / radii).min(1).values
         recon = float(((out.reconstruction - tgt) ** 2)[:, :, :3].mean())
         rows[name] = {"mean_log_density_under_pre_aggregate": float(logp.mean()),
@@ -274,7 +259,7 @@ def part_steer(args: argparse.Namespace, src: torch.Tensor, tgt: torch.Tensor, h
     pretrain_s = time.monotonic() - t0
     guided = LatentGuidance(ada_vae, GuidanceConfig(scale=3.0, clamp=0.1))
     inference = LatentGuidance(ada_vae, GuidanceConfig(scale=3.0, clamp=0.1, inference=InferenceGuidanceConfig(
-        enabled=True, scale=3.0, target="mean")), latent_stats=summarise(ada_vae, tgt, _mask(TGT_SLOTS, len(tgt))))
+        enabled=True, scale=3.0, target="mean")), latent_stats=latent_stats(ada_vae, tgt, _mask(TGT_SLOTS, len(tgt))))
     methods = {"plain": (None, None), "ate": (guided.loss, None), "ate + inference guidance": (guided.loss,
                                                                                               inference.step_hook)}
     results: Dict[str, List[List[Tuple[int, Dict[str, float]]]]] = {m: [] for m in methods}

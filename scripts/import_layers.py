@@ -199,9 +199,9 @@ def picture(root: Path = REPO) -> str:
     if loops:
         return "import cycles: " + "; ".join(" <-> ".join(c) for c in loops)
     depth = layers(graph)
-    width = max(len(p) for p in graph)
-    lines: List[str] = []
     uses = ros_uses(root)
+    width = max(len(p) for p in [*graph, *uses])
+    lines: List[str] = []
     lines.append("ate_ros (rclpy adapters; imports ate_core, never the reverse)")
     for part in sorted(uses):
         lines.append(f"  {part:<{width}}  -> {', '.join(sorted(uses[part], key=lambda p: (-depth.get(p, 0), p)))}")

@@ -25,7 +25,7 @@ from ate_core.align.trainer import train_vae
 from ate_core.data.dataset import EpisodeDataset
 from ate_core.data.stats import compute_stats
 from ate_core.data.synthetic import generate_synthetic_dataset
-from ate_core.policy.pretrained import CheckpointError
+from ate_core.io import CheckpointError, write_manifest
 from ate_core.policy.processor import PolicyProcessor
 from ate_core.data.spaces import default_action_space
 
@@ -258,6 +258,7 @@ def test_a_damaged_checkpoint_names_the_file_and_key(runs, tmp_path, damage: str
         (ckpt / NORM_STATS_FILE).unlink()
     elif damage == "bad_json":
         cfg_path.write_text("{not json")
+        write_manifest(ckpt)  # sealed: the JSON itself must be refused, past the manifest check
     else:
         if damage == "wrong_format":
             raw["format"] = "ate_policy"
@@ -268,6 +269,7 @@ def test_a_damaged_checkpoint_names_the_file_and_key(runs, tmp_path, damage: str
         elif damage == "bad_vae_key":
             raw["vae"]["num_heads"] = 3
         cfg_path.write_text(json.dumps(raw))
+        write_manifest(ckpt)
     with pytest.raises(CheckpointError, match=match):
         load_vae(ckpt)
 

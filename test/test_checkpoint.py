@@ -12,11 +12,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from ate_core.io import CheckpointError, latest_checkpoint, write_manifest
 from ate_core.policy import factory
 from ate_core.policy.base import Observation
 from ate_core.data.spaces import NormStats
 from ate_core.train import checkpoint as ckpt
-from ate_core.policy.pretrained import CheckpointError, load_pretrained, save_pretrained
+from ate_core.policy.pretrained import load_pretrained, save_pretrained
 
 ENCODER = {"backbone": "resnet10_small", "d_model": 32, "pool": "avg", "text_dim": 8, "text_buckets": 64}
 TINY = {
@@ -66,11 +67,21 @@ def saved(tmp_path: Path):
     return policy, path
 
 
+# The damage below is sealed into the manifest again: these tests are about what the loader
+# finds inside files that a writer got wrong, past the manifest check (test_checkpoint_io.py).
+
+
 def _edit_config(path: Path, edit) -> None:
     cfg_file = path / "config.json"
     raw = json.loads(cfg_file.read_text())
     edit(raw)
     cfg_file.write_text(json.dumps(raw))
+    write_manifest(path)
+
+
+def _rewrite_tensors(path: Path, name: str, tensors) -> None:
+    save_file(tensors, str(path / name))
+    write_manifest(path)
 
 
 @pytest.mark.parametrize("policy_type", ["diffusion", "flow"])
@@ -113,7 +124,7 @@ def test_load_accepts_the_run_folder_and_follows_last(tmp_path: Path) -> None:
         ckpt.save_checkpoint(tmp_path, step, deploy_model=policy, online_model=policy, optimizer=opt, scheduler=None,
                              stats=tiny_stats(), meta={"embodiment": "rm75_bimanual"},
                              rng_by_rank={0: ckpt.capture_rng_state()}, info={})
-    assert ckpt.latest_checkpoint(tmp_path / "checkpoints") == tmp_path / "checkpoints" / "000002"
+    assert latest_checkpoint(tmp_path / "checkpoints") == tmp_path / "checkpoints" / "000002"
     assert load_pretrained(tmp_path).path == tmp_path / "checkpoints" / "000002" / "pretrained_model"
     assert load_pretrained(tmp_path / "checkpoints" / "last").path.parent.name == "000002"
 
@@ -155,7 +166,7 @@ def test_deleted_stats_name_the_file(saved) -> None:
 def test_stats_without_the_embodiment_are_refused(saved) -> None:
     _, path = saved
     stats = load_file(str(path / "stats.safetensors"))
-    save_file({k: v for k, v in stats.items() if not k.startswith("rm75_bimanual/")}, str(path / "stats.safetensors"))
+    _rewrite_tensors(path, "stats.safetensors", {k: v for k, v in stats.items() if not k.startswith("rm75_bimanual/")})
     with pytest.raises(CheckpointError, match=r"stats\.safetensors: no normalisation stats for embodiment 'rm75_bimanual'"):
         load_pretrained(path)
 
@@ -164,7 +175,7 @@ def test_stats_missing_one_tensor_name_the_key(saved) -> None:
     _, path = saved
     stats = load_file(str(path / "stats.safetensors"))
     del stats["rm75_bimanual/action/std"]
-    save_file(stats, str(path / "stats.safetensors"))
+    _rewrite_tensors(path, "stats.safetensors", stats)
     with pytest.raises(CheckpointError, match=r"stats\.safetensors: .*rm75_bimanual/action/std"):
         load_pretrained(path)
 
@@ -185,8 +196,16 @@ def test_unknown_policy_type_is_refused(saved) -> None:
 
 def test_unsupported_version_is_refused(saved) -> None:
     _, path = saved
-    _edit_config(path, lambda raw: raw.update(version=2))
-    with pytest.raises(CheckpointError, match=r"config\.json: version: unsupported checkpoint version 2"):
+    _edit_config(path, lambda raw: raw.update(version=3))
+    with pytest.raises(CheckpointError, match=r"config\.json: version: unsupported checkpoint version 3"):
+        load_pretrained(path)
+
+
+def test_a_version_1_checkpoint_is_refused_with_the_advice_to_save_it_again(saved) -> None:
+    _, path = saved
+    _edit_config(path, lambda raw: raw.update(version=1))
+    with pytest.raises(CheckpointError, match=r"config\.json: version: unsupported checkpoint version 1 .*older "
+                                              r"version: save it again"):
         load_pretrained(path)
 
 
@@ -209,7 +228,7 @@ def test_missing_and_unexpected_weights_are_named(saved) -> None:
     state = load_file(str(path / "model.safetensors"))
     first = sorted(state)[0]
     state["extra.weight"] = state.pop(first)
-    save_file(state, str(path / "model.safetensors"))
+    _rewrite_tensors(path, "model.safetensors", state)
     with pytest.raises(CheckpointError, match=rf"missing keys \['{first}'\]; unexpected keys \['extra.weight'\]"):
         load_pretrained(path)
 
@@ -219,7 +238,7 @@ def test_non_finite_weights_name_the_tensor(saved) -> None:
     state = load_file(str(path / "model.safetensors"))
     key = next(k for k, v in state.items() if v.is_floating_point() and v.numel() > 1)
     state[key][0] = float("nan")
-    save_file(state, str(path / "model.safetensors"))
+    _rewrite_tensors(path, "model.safetensors", state)
     with pytest.raises(CheckpointError, match=rf"model\.safetensors: {key}: non-finite"):
         load_pretrained(path)
 
@@ -262,14 +281,14 @@ def test_failed_save_leaves_no_directory(tmp_path: Path, monkeypatch) -> None:
     from ate_core.policy import pretrained
 
     policy = tiny_policy()
-    real = pretrained._write_tensors
+    real = pretrained.write_tensors
 
     def fail_on_stats(path, tensors, metadata=None):
         if Path(path).name == "stats.safetensors":
             raise OSError("disk full")
         real(path, tensors, metadata)
 
-    monkeypatch.setattr(pretrained, "_write_tensors", fail_on_stats)
+    monkeypatch.setattr(pretrained, "write_tensors", fail_on_stats)
     with pytest.raises(OSError, match="disk full"):
         save_pretrained(tmp_path / "m", policy, tiny_stats(), {"embodiment": "rm75_bimanual"})
     assert list(tmp_path.iterdir()) == []

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -24,9 +25,11 @@ from ate_core.data.stats import compute_stats
 from ate_core.data.synthetic import generate_synthetic_dataset
 from ate_core.policy.pretrained import load_pretrained
 from ate_core.data.spaces import default_action_space
+from ate_core.io import CheckpointError
+from ate_core.steer.cli import main as ate_finetune
+from ate_core.steer.finetune import finetune, load_finetune_config
+from ate_core.steer.record import FinetuneRecord
 from ate_core.train.config import train_config_from_dict
-from ate_core.train.finetune import finetune, load_finetune_config
-from ate_core.train.finetune_cli import main as ate_finetune
 from ate_core.train.trainer import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -121,6 +124,45 @@ def test_ate_fine_tuning_records_the_vae_and_guidance_that_shaped_it(runs, setup
     assert summary["finetune"] == record
 
 
+def test_the_record_reads_back_typed_and_writes_what_it_read(runs, setup) -> None:
+    for method in ("plain", "ate"):
+        raw = meta(runs[method])
+        record = FinetuneRecord.from_meta(raw, "config.json")
+        assert record is not None and record.method == method
+        assert record.to_dict() == raw["finetune"]
+    ate = FinetuneRecord.from_meta(meta(runs["ate"]), "config.json").ate
+    assert ate.sha256 == load_vae(setup["vae"]).sha256 and ate.stage == "ada"
+    assert ate.vae_config.horizon == HORIZON and ate.scale == 3.0 and not ate.inference.enabled
+    assert ate.settings() == load_finetune_config(setup["config"], {"init_from": "ckpt", "ate.vae": ate.vae}).ate
+
+
+def test_a_checkpoint_without_a_record_has_none(setup) -> None:
+    raw = json.loads((setup["pre"] / "pretrained_model" / "config.json").read_text())
+    assert "finetune" not in raw and FinetuneRecord.from_meta(raw, "config.json") is None
+
+
+@pytest.mark.parametrize("spoil, key, message", [
+    (lambda r: r.update(method="dpo"), "finetune.method", "'dpo' is not one of"),
+    (lambda r: r.pop("ate"), "finetune.ate", "required for method 'ate'"),
+    (lambda r: r["ate"].pop("sha256"), "finetune.ate.sha256", "required key is missing"),
+    (lambda r: r["ate"].update(sha256="abc"), "finetune.ate.sha256", "not a SHA-256 digest"),
+    (lambda r: r["ate"]["inference"].update(target="far"), "finetune.ate.inference.target", "'far' is not one of"),
+    (lambda r: r["ate"]["vae_config"].update(horizon="8"), "finetune.ate.vae_config.horizon", "expected an integer"),
+    (lambda r: r["ate"].update(extra=1), "finetune.ate.extra", "unknown key"),
+])
+def test_a_malformed_record_names_the_config_json_and_the_key(runs, spoil, key, message) -> None:
+    raw = meta(runs["ate"])
+    spoil(raw["finetune"])
+    config_json = runs["ate"] / "checkpoints" / "last" / "pretrained_model" / "config.json"
+    with pytest.raises(CheckpointError, match=f"^{re.escape(str(config_json))}: {re.escape(key)}: .*{message}"):
+        FinetuneRecord.from_meta(raw, config_json)
+
+
+def test_a_record_that_is_not_a_mapping_is_an_error() -> None:
+    with pytest.raises(CheckpointError, match=r"^ckpt/config\.json: finetune: expected a mapping"):
+        FinetuneRecord.from_meta({"finetune": "ate"}, "ckpt/config.json")
+
+
 def test_the_guidance_changes_the_loss_and_only_the_guidance_does(runs) -> None:
     plain, ate, ate0 = losses(runs["plain"]), losses(runs["ate"]), losses(runs["ate_scale0"])
     assert len(plain) == len(ate) == FINETUNE_STEPS and all(map(torch.isfinite, torch.tensor(plain + ate)))
@@ -200,7 +242,7 @@ def test_two_process_torchrun_ate_fine_tuning_keeps_ranks_in_sync(setup, tmp_pat
     launcher = [str(torchrun)] if torchrun.exists() else [sys.executable, "-m", "torch.distributed.run"]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     proc = subprocess.run([*launcher, "--nproc_per_node", "2", "--master-port", str(free_port()),
-                           "-m", "ate_core.train.finetune_cli", "--config", str(setup["config"]), "--method", "ate",
+                           "-m", "ate_core.steer.cli", "--config", str(setup["config"]), "--method", "ate",
                            "--init-from", str(setup["pre"]), "--vae", str(setup["vae"]), "--output-dir", str(out),
                            "--set", "steps=4", "--set", "save_every=4", "--no-progress"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)

@@ -17,7 +17,7 @@ from ate_core.robot.config import load_config
 from ate_ros import graph
 from ate_ros.bringup import stack_plan
 from ate_ros.graph import NodeSpec, executable_command, in_process, robot_graph, sim_controllers
-from ate_ros.sim.realman_emulator import _parse_args as emulator_args
+from ate_ros.sim.realman_emulator import parse_args as emulator_args
 from conftest import REPO
 
 

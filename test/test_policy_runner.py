@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Dict
@@ -21,14 +22,16 @@ from ate_core.align.configuration_vae import VAEConfig
 from ate_core.align.latent_stats import LatentStats
 from ate_core.align.modeling_vae import ActionChunkVAE
 from ate_core.config import ConfigError
+from ate_core.io import CheckpointError, write_manifest
 from ate_core.robot.config import InferenceConfig
 from ate_core.data.episode import default_joint_names
 from ate_core.data.stats import compute_stats
 from ate_core.data.synthetic import generate_synthetic_dataset
 from ate_core.data.spaces import default_action_space
 from ate_core.runtime.policy_runner import PolicyRunner
+from ate_core.steer.config import GuidanceConfig
+from ate_core.steer.finetune import finetune, finetune_config_from_dict
 from ate_core.train.config import train_config_from_dict
-from ate_core.train.finetune import finetune, finetune_config_from_dict
 from ate_core.train.trainer import train
 
 ENCODER = {"backbone": "resnet10_small", "d_model": 32, "pool": "avg", "text_dim": 8, "text_buckets": 64}
@@ -194,6 +197,7 @@ def test_a_checkpoint_without_fps_needs_an_explicit_action_period(setup, tmp_pat
     meta = json.loads((copy / "config.json").read_text())
     del meta["fps"]
     (copy / "config.json").write_text(json.dumps(meta))
+    write_manifest(copy)
     with pytest.raises(ConfigError, match=r"inference\.action_period_s: 0 .*records no usable fps"):
         PolicyRunner.from_config(inference(copy))
     assert PolicyRunner.from_config(inference(copy, action_period_s=0.1)).action_period_ns == 100_000_000
@@ -203,7 +207,7 @@ def test_guidance_uses_the_vae_the_checkpoint_records_and_changes_the_chunk(setu
     plain = PolicyRunner.from_config(inference(setup["ate"]))
     guided = PolicyRunner.from_config(inference(setup["ate"], guidance=True, guidance_scale=5.0))
     assert plain.describe()["guidance"] == "off" and guided.describe()["guidance"] == "on"
-    assert guided.guidance.record()["sha256"] == json.loads(
+    assert guided.guidance.record().sha256 == json.loads(
         (setup["ate"] / "pretrained_model" / "config.json").read_text())["finetune"]["ate"]["sha256"]
     images, state = observation(plain, seed=7)
     a = plain.infer(images, state, 0, "", generator=torch.Generator().manual_seed(1)).positions
@@ -212,6 +216,32 @@ def test_guidance_uses_the_vae_the_checkpoint_records_and_changes_the_chunk(setu
     assert np.isfinite(b).all()
     assert np.abs(a - b).max() > 1e-4
     np.testing.assert_array_equal(b, c)
+
+
+def _copy_with_record(setup, tmp_path: Path, change) -> Path:
+    """The fine-tuned checkpoint's deployable folder with its config.json's record changed."""
+    copy = tmp_path / "ckpt"
+    shutil.copytree(setup["ate"] / "pretrained_model", copy)
+    meta = json.loads((copy / "config.json").read_text())
+    change(meta)
+    (copy / "config.json").write_text(json.dumps(meta))
+    write_manifest(copy)
+    return copy
+
+
+def test_a_checkpoint_without_a_record_runs_plain_and_guides_with_the_given_vae(setup, tmp_path: Path) -> None:
+    copy = _copy_with_record(setup, tmp_path, lambda meta: meta.pop("finetune"))
+    assert PolicyRunner.from_config(inference(copy)).describe()["guidance"] == "off"
+    guided = PolicyRunner.from_config(inference(copy, guidance=True, guidance_vae=str(setup["vae"])))
+    assert guided.step_hook is not None and guided.guidance.config.scale == GuidanceConfig().scale
+
+
+def test_a_malformed_record_is_an_error_naming_the_config_json_and_the_key(setup, tmp_path: Path) -> None:
+    copy = _copy_with_record(setup, tmp_path, lambda meta: meta["finetune"]["ate"].update(clamp="wide"))
+    assert PolicyRunner.from_config(inference(copy)).step_hook is None  # the record is read for guidance only
+    with pytest.raises(CheckpointError, match=rf"^{re.escape(str(copy / 'config.json'))}: finetune\.ate\.clamp: "
+                                              r"expected a number"):
+        PolicyRunner.from_config(inference(copy, guidance=True))
 
 
 def test_guidance_without_a_vae_is_a_clear_error(setup, tmp_path: Path) -> None:

@@ -35,7 +35,7 @@ from conftest import free_udp_port, next_loopback_ip, sdk_push_port
 from ate_core.robot.models import RM65_B, RM75_B, arm_model
 from ate_ros.drivers.realman_sdk import PushSample as SdkPush
 from ate_ros.drivers.realman_sdk import SdkArm, sdk
-from ate_ros.sim.realman_emulator import JsonObjectStream, RealManEmulator
+from ate_ros.sim.realman_emulator import RealManEmulator
 
 pytestmark = pytest.mark.ros  # real DDS / RealMan SDK: CI runs these with a core kept busy too
 
@@ -454,7 +454,7 @@ def test_an_unresponsive_controller_delays_the_other_arms_calls_but_not_their_st
         assert max(b - a for a, b in zip(pushes, pushes[1:])) < 0.05
 
 
-# ---- lifecycle, framing, command line -----------------------------------------------------------
+# ---- lifecycle, command line ---------------------------------------------------------------------
 def test_stop_joins_every_thread_and_frees_the_port():
     before = set(emulator_threads())
     emulator = RealManEmulator(ip="127.0.0.1", tcp_port=0, push_port=free_udp_port(),
@@ -470,20 +470,6 @@ def test_stop_joins_every_thread_and_frees_the_port():
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("127.0.0.1", emulator.tcp_port))
         s.listen(1)
-
-
-def test_json_stream_splits_objects_not_lines():
-    stream = JsonObjectStream()
-    pretty = '{\n\t"command":\t"movec",\n\t"pose_via":\t[1, 2],\n\t"note": "} {"\n}\r\n'
-    out = stream.feed(b'{"command":"a"}\r\n{"command":"b"')
-    assert out == [{"command": "a"}]
-    out = stream.feed(b'}\r\n' + pretty.encode()[:20])
-    assert out == [{"command": "b"}]
-    out = stream.feed(pretty.encode()[20:] + b'junk{"command":"c"}')
-    assert out[0] == {"command": "movec", "pose_via": [1, 2], "note": "} {"}
-    assert isinstance(out[1], str) and "junk" in out[1]
-    assert out[2] == {"command": "c"}
-    assert stream.feed(b'{"command": oops}\r\n')[0].startswith("malformed JSON")
 
 
 def test_unknown_command_is_logged_and_answered_with_a_refusal():

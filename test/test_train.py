@@ -18,7 +18,8 @@ from ate_core.config import ConfigError
 from ate_core.data.synthetic import generate_synthetic_dataset
 from ate_core.policy.pretrained import load_pretrained
 from ate_core.train.config import train_config_from_dict
-from ate_core.train.trainer import TrainingError, train
+from ate_core.train.stage import TrainingError, run_stage
+from ate_core.train.trainer import train
 
 REPO = Path(__file__).resolve().parents[1]
 ENCODER = {"backbone": "resnet10_small", "d_model": 32, "pool": "avg", "text_dim": 8, "text_buckets": 64}
@@ -73,13 +74,13 @@ def test_tiny_run_writes_checkpoints_metrics_and_loss_png(data, tmp_path: Path) 
     assert sorted(p.name for p in ckpts.iterdir()) == ["000002", "000004", "last"]
     assert (ckpts / "last").resolve() == (ckpts / "000004").resolve() == result.last_checkpoint.resolve()
     assert sorted(p.name for p in (ckpts / "000004" / "pretrained_model").iterdir()) == \
-        ["config.json", "model.safetensors", "stats.safetensors"]
+        ["config.json", "manifest.json", "model.safetensors", "stats.safetensors"]
     assert sorted(p.name for p in (ckpts / "000004" / "training_state").iterdir()) == \
-        ["online_model.safetensors", "optimizer.safetensors", "optimizer_param_groups.json",
+        ["manifest.json", "online_model.safetensors", "optimizer.safetensors", "optimizer_param_groups.json",
          "rng_state.safetensors", "scheduler.json", "training_step.json"]
     assert not [p for p in ckpts.iterdir() if p.name.startswith(".")]  # no temporary leftovers
     meta = json.loads((ckpts / "000004" / "pretrained_model" / "config.json").read_text())
-    assert meta["format"] == "ate_policy" and meta["version"] == 1 and meta["policy_type"] == "diffusion"
+    assert meta["format"] == "ate_policy" and meta["version"] == 2 and meta["policy_type"] == "diffusion"
     assert meta["embodiment"] == "rm75_bimanual" and meta["train"]["steps"] == 4
     assert meta["action_space"]["embodiments"]["rm75_bimanual"][:8] == list(range(8, 16))
     step = json.loads((ckpts / "000004" / "training_state" / "training_step.json").read_text())
@@ -196,6 +197,24 @@ def test_cli_bad_config_key_exits_2_naming_file_and_key(data, tmp_path: Path) ->
     proc = _cli(["--config", str(path), "--set", "steps=-5"], tmp_path)
     assert proc.returncode == 2 and "command line: steps: -5 must be > 0" in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_every_stage_ends_in_one_error_line_and_its_exit_status(capsys) -> None:
+    def raising(error: BaseException):
+        def fn(*_):
+            raise error
+        return fn
+
+    assert run_stage("ate_x", raising(TrainingError("resume: nothing to resume")), print) == 2
+    assert run_stage("ate_x", lambda: 1, raising(ConfigError("c.yaml", "steps", "-5 must be > 0"))) == 2
+    assert run_stage("ate_x", lambda: 1, raising(TrainingError("step 3: training diverged"))) == 1
+    assert run_stage("ate_x", lambda: 1, raising(KeyboardInterrupt()), resumable=True) == 130
+    assert run_stage("ate_x", lambda: 1, raising(KeyboardInterrupt())) == 130
+    assert run_stage("ate_x", lambda: 1, lambda _: None) == 0
+    assert capsys.readouterr().err.splitlines() == [
+        "ate_x: error: resume: nothing to resume", "ate_x: error: c.yaml: steps: -5 must be > 0",
+        "ate_x: error: step 3: training diverged",
+        "ate_x: error: interrupted; resume with --resume from the last checkpoint", "ate_x: error: interrupted"]
 
 
 def test_cli_trains_and_reports_where_the_checkpoint_went(data, tmp_path: Path) -> None:

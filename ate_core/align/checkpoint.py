@@ -5,7 +5,7 @@
     <checkpoint>/
       vae_config.json              format "ate_vae", version, stage (pre | ada), the VAEConfig,
                                    norm mode, unified action layout, embodiments, training
-                                   config, SHA-256 of every tensor file
+                                   config
       vae.safetensors              the weights
       norm_stats.safetensors       "<embodiment>/<state|action>/<mean|std|min|max>", the policy's
                                    normalisation of the data the VAE was trained on
@@ -13,7 +13,8 @@
                                    stage pre the KL reference of stage ada, for stage ada the
                                    adaptation latent distribution inference-time guidance uses
       reference.safetensors        stage ada: the KL reference "mean", "std" [L, d] it was trained with
-      report.json                  stage ada with a baseline: the latent-fit report
+      report.json                  stage ada: the latent-fit report, added by write_report
+      manifest.json                SHA-256 and size of every other file (:mod:`ate_core.io.manifest`)
 
 A training run keeps them under ``<output_dir>/checkpoints/<step>/`` with a ``last`` pointer,
 as ``ate_train`` does. A checkpoint is written under a temporary name and renamed when
@@ -22,9 +23,7 @@ complete. Every problem on load raises :class:`CheckpointError` naming the file 
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
@@ -35,16 +34,14 @@ import torch
 from ate_core.align.configuration_vae import VAEConfig
 from ate_core.align.latent_stats import LatentStats, LatentStatsError
 from ate_core.align.modeling_vae import ActionChunkVAE
-from ate_core.config import ConfigError, from_dict, plain_data
+from ate_core.config import ConfigError, from_dict
 from ate_core.data.stats import stats_from_tensors, stats_to_tensors
-from ate_core.durable_io import fsync_dir as _fsync_dir
-from ate_core.policy.pretrained import (LAST_LINK, CheckpointError, _plain, _read_json, _read_tensors,
-                                        _replace_dir, _sha256, _temp_dir_beside, _write_json, _write_tensors,
-                                        latest_checkpoint)
+from ate_core.io import (CheckpointError, action_space_dict, add_to_checkpoint, atomic_dir, json_bytes, json_safe,
+                         read_json, read_tensors, replace_file, resolve_checkpoint_dir, verify_manifest, write_json,
+                         write_manifest, write_tensors)
 from ate_core.data.spaces import ActionSpaceError, NormStats, NormStatsError, UnifiedActionSpace
 
 __all__ = [
-    "CheckpointError",
     "VAE_FORMAT",
     "VAE_VERSION",
     "CONFIG_FILE",
@@ -58,11 +55,10 @@ __all__ = [
     "save_vae",
     "load_vae",
     "write_report",
-    "resolve_vae_dir",
 ]
 
 VAE_FORMAT = "ate_vae"
-VAE_VERSION = 1
+VAE_VERSION = 2
 CONFIG_FILE = "vae_config.json"
 WEIGHTS_FILE = "vae.safetensors"
 NORM_STATS_FILE = "norm_stats.safetensors"
@@ -117,18 +113,6 @@ class LoadedVAE:
 # Saving
 
 
-def _action_space_dict(space: UnifiedActionSpace) -> Dict[str, Any]:
-    return {"width": space.width, "embodiments": {k: list(v) for k, v in space.embodiments.items()}}
-
-
-def _config_dict(cfg: Any) -> Dict[str, Any]:
-    if cfg is None:
-        return {}
-    if dataclasses.is_dataclass(cfg):
-        return _plain(plain_data(dataclasses.asdict(cfg)))
-    return _plain(dict(cfg))
-
-
 def _check_latent_shape(what: str, shape: Sequence[int], cfg: VAEConfig) -> None:
     expected = (cfg.latent_tokens, cfg.latent_dim)
     if tuple(shape) != expected:
@@ -161,38 +145,32 @@ def _write_vae_dir(directory: Path, vae: ActionChunkVAE, *, stage: str, norm_sta
         _check_latent_shape("reference", tuple(reference.mean.shape), cfg)
         _check_latent_shape("reference std", tuple(reference.std.shape), cfg)
 
-    directory.mkdir(parents=True, exist_ok=True)
-    files = [WEIGHTS_FILE, NORM_STATS_FILE]
-    _write_tensors(directory / WEIGHTS_FILE, vae.state_dict())
-    _write_tensors(directory / NORM_STATS_FILE,
-                   {k: torch.from_numpy(np.array(v)) for k, v in
-                    stats_to_tensors({e: norm_stats[e] for e in embodiments}).items()})
+    write_tensors(directory / WEIGHTS_FILE, vae.state_dict())
+    write_tensors(directory / NORM_STATS_FILE,
+                  {k: torch.from_numpy(np.array(v)) for k, v in
+                   stats_to_tensors({e: norm_stats[e] for e in embodiments}).items()})
     if latent_stats is not None:
-        _write_tensors(directory / LATENT_STATS_FILE, latent_stats.to_tensors())
-        files.append(LATENT_STATS_FILE)
+        write_tensors(directory / LATENT_STATS_FILE, latent_stats.to_tensors())
     if reference is not None:
-        _write_tensors(directory / REFERENCE_FILE, {"mean": reference.mean.float(), "std": reference.std.float()})
-        files.append(REFERENCE_FILE)
+        write_tensors(directory / REFERENCE_FILE, {"mean": reference.mean.float(), "std": reference.std.float()})
     meta: Dict[str, Any] = {
         "format": VAE_FORMAT,
         "version": VAE_VERSION,
         "stage": stage,
-        "vae": _config_dict(cfg),
+        "vae": json_safe(cfg),
         "norm_mode": norm_mode,
-        "action_space": _action_space_dict(action_space),
+        "action_space": action_space_dict(action_space),
         "embodiments": list(embodiments),
-        "files": {name: {"sha256": _sha256(directory / name), "bytes": (directory / name).stat().st_size}
-                  for name in files},
-        "train": _config_dict(train_config),
+        "train": {} if train_config is None else json_safe(train_config),
     }
     for key, value in (extra or {}).items():
         if key in meta:
             raise CheckpointError(f"save_vae: extra key {key!r} would replace a reserved entry")
-        meta[key] = _plain(value)
-    _write_json(directory / CONFIG_FILE, meta)
+        meta[key] = json_safe(value)
+    write_json(directory / CONFIG_FILE, meta)
     if report is not None:
-        _write_json(directory / REPORT_FILE, _plain(dict(report)))
-    _fsync_dir(directory)
+        write_json(directory / REPORT_FILE, json_safe(report))
+    write_manifest(directory)
 
 
 def save_vae(directory: Union[str, os.PathLike], vae: ActionChunkVAE, *, stage: str,
@@ -207,56 +185,30 @@ def save_vae(directory: Union[str, os.PathLike], vae: ActionChunkVAE, *, stage: 
     appears only once complete, replacing any earlier one.
     """
     final = Path(directory)
-    tmp = _temp_dir_beside(final)
-    try:
+    with atomic_dir(final) as tmp:
         _write_vae_dir(tmp, vae, stage=stage, norm_stats=norm_stats, norm_mode=norm_mode, action_space=action_space,
                        embodiments=embodiments, latent_stats=latent_stats, reference=reference,
                        train_config=train_config, report=report, extra=extra)
-        _replace_dir(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final
 
 
 def write_report(directory: Union[str, os.PathLike], report: Mapping[str, Any]) -> Path:
-    """Add (or replace) ``report.json`` in a checkpoint directory, atomically."""
-    path = Path(directory) / REPORT_FILE
-    tmp = path.with_name(f".{REPORT_FILE}.tmp-{os.getpid()}")
-    try:
-        _write_json(tmp, _plain(dict(report)))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
+    """Add (or replace) ``report.json`` in ``directory``, atomically.
+
+    The latent-fit report is computed after the final checkpoint is written, so it joins it
+    afterwards: in a VAE checkpoint folder its manifest entry is updated with it
+    (:func:`~ate_core.io.add_to_checkpoint`); any other folder (a run's output folder, which
+    keeps a copy) just gets the file.
+    """
+    directory = Path(directory)
+    data = json_bytes(json_safe(report))
+    if (directory / CONFIG_FILE).is_file():
+        return add_to_checkpoint(directory, REPORT_FILE, data)
+    return replace_file(directory / REPORT_FILE, data)
 
 
 # ---------------------------------------------------------------------------------------------
 # Loading
-
-
-def resolve_vae_dir(path: Union[str, os.PathLike]) -> Path:
-    """The checkpoint directory ``path`` names: itself, the ``last`` of a ``checkpoints`` folder,
-    or the ``checkpoints/last`` of a run's output folder."""
-    p = Path(path)
-    if not p.exists() and not p.is_symlink():
-        raise CheckpointError(f"{p}: checkpoint not found")
-    if p.name == LAST_LINK and (p.is_symlink() or p.is_file()):
-        target = latest_checkpoint(p.parent)
-        if target is not None:
-            p = target
-    if (p / CONFIG_FILE).is_file():
-        return p
-    if p.is_dir():
-        last = latest_checkpoint(p)
-        if last is not None:
-            if (last / CONFIG_FILE).is_file():
-                return last
-            raise CheckpointError(f"{last / CONFIG_FILE}: file not found (not a VAE checkpoint)")
-        raise CheckpointError(f"{p / CONFIG_FILE}: file not found (not a VAE checkpoint directory)")
-    raise CheckpointError(f"{p}: not a VAE checkpoint directory")
 
 
 def _check_weights(path: Path, state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]) -> None:
@@ -278,29 +230,6 @@ def _check_weights(path: Path, state: Mapping[str, torch.Tensor], expected: Mapp
             raise CheckpointError(f"{path}: {k}: non-finite weights (NaN or inf)")
 
 
-def _verify_files(directory: Path, files: Any, cfg_path: Path) -> Dict[str, str]:
-    if not isinstance(files, dict):
-        raise CheckpointError(f"{cfg_path}: files: expected an object of file name -> sha256")
-    for required in (WEIGHTS_FILE, NORM_STATS_FILE):
-        if required not in files:
-            raise CheckpointError(f"{cfg_path}: files.{required}: required entry is missing")
-    digests: Dict[str, str] = {}
-    for name, entry in files.items():
-        expected = entry.get("sha256") if isinstance(entry, dict) else None
-        if not isinstance(expected, str):
-            raise CheckpointError(f"{cfg_path}: files.{name}.sha256: missing")
-        if "/" in name or name.startswith("."):
-            raise CheckpointError(f"{cfg_path}: files.{name}: not a file of this directory")
-        file = directory / name
-        if not file.is_file():
-            raise CheckpointError(f"{file}: file not found (incomplete checkpoint?)")
-        actual = _sha256(file)
-        if actual != expected:
-            raise CheckpointError(f"{file}: checksum mismatch with {CONFIG_FILE} (file corrupt or modified)")
-        digests[name] = actual
-    return digests
-
-
 def _latent_tensor(path: Path, tensors: Mapping[str, torch.Tensor], key: str, shape: Tuple[int, int],
                    positive: bool) -> torch.Tensor:
     if key not in tensors:
@@ -319,20 +248,23 @@ def load_vae(path: Union[str, os.PathLike], device: Union[str, torch.device] = "
     """Load a VAE checkpoint: a fresh :class:`ActionChunkVAE` from the stored config + weights.
 
     ``path`` may be the checkpoint directory, a ``checkpoints`` folder or a run's output folder
-    (then ``checkpoints/last``). Never unpickles, never changes the caller's RNG state. Every
-    file listed in ``vae_config.json`` is checked against its SHA-256 before it is read.
+    (then ``checkpoints/last``). Never unpickles, never changes the caller's RNG state. The
+    manifest is checked before any file is read.
     """
-    directory = resolve_vae_dir(path)
+    directory = resolve_checkpoint_dir(path, CONFIG_FILE)
+    digests = verify_manifest(directory)
     cfg_path = directory / CONFIG_FILE
-    raw = _read_json(cfg_path)
+    raw = read_json(cfg_path)
     if not isinstance(raw, dict):
         raise CheckpointError(f"{cfg_path}: expected a JSON object")
     if raw.get("format") != VAE_FORMAT:
         raise CheckpointError(f"{cfg_path}: format: {raw.get('format')!r} is not an {VAE_FORMAT!r} checkpoint")
-    if raw.get("version") != VAE_VERSION:
-        raise CheckpointError(f"{cfg_path}: version: unsupported version {raw.get('version')!r} "
-                              f"(this code reads version {VAE_VERSION})")
-    for key in ("stage", "vae", "norm_mode", "action_space", "embodiments", "files"):
+    version = raw.get("version")
+    if version != VAE_VERSION:
+        older = isinstance(version, int) and version < VAE_VERSION
+        raise CheckpointError(f"{cfg_path}: version: unsupported version {version!r} (this code reads version "
+                              f"{VAE_VERSION})" + ("; written by an older version: save it again" if older else ""))
+    for key in ("stage", "vae", "norm_mode", "action_space", "embodiments"):
         if key not in raw:
             raise CheckpointError(f"{cfg_path}: {key}: required key is missing")
     stage = raw["stage"]
@@ -361,10 +293,9 @@ def load_vae(path: Union[str, os.PathLike], device: Union[str, torch.device] = "
     for emb in embodiments:
         if emb not in space.embodiments:
             raise CheckpointError(f"{cfg_path}: embodiments: {emb!r} has no slots in action_space")
-    digests = _verify_files(directory, raw["files"], cfg_path)
 
     # -- weights
-    state = _read_tensors(directory / WEIGHTS_FILE)
+    state = read_tensors(directory / WEIGHTS_FILE)
     with torch.random.fork_rng(devices=[]):
         vae = ActionChunkVAE(config)
     _check_weights(directory / WEIGHTS_FILE, state, vae.state_dict())
@@ -373,7 +304,7 @@ def load_vae(path: Union[str, os.PathLike], device: Union[str, torch.device] = "
     # -- normalisation statistics of every embodiment
     stats_path = directory / NORM_STATS_FILE
     try:
-        norm_stats = stats_from_tensors(_read_tensors(stats_path), embodiments=embodiments)
+        norm_stats = stats_from_tensors(read_tensors(stats_path), embodiments=embodiments)
     except NormStatsError as e:
         raise CheckpointError(f"{stats_path}: {e}") from None
     for emb in embodiments:
@@ -388,7 +319,7 @@ def load_vae(path: Union[str, os.PathLike], device: Union[str, torch.device] = "
     if LATENT_STATS_FILE in digests:
         lpath = directory / LATENT_STATS_FILE
         try:
-            latent_stats = LatentStats.from_tensors(_read_tensors(lpath))
+            latent_stats = LatentStats.from_tensors(read_tensors(lpath))
         except LatentStatsError as e:
             raise CheckpointError(f"{lpath}: {e}") from None
         if latent_stats.shape != latent_shape:
@@ -397,15 +328,16 @@ def load_vae(path: Union[str, os.PathLike], device: Union[str, torch.device] = "
     reference = None
     if REFERENCE_FILE in digests:
         rpath = directory / REFERENCE_FILE
-        tensors = _read_tensors(rpath)
+        tensors = read_tensors(rpath)
         reference = KLReference(_latent_tensor(rpath, tensors, "mean", latent_shape, positive=False),
                                 _latent_tensor(rpath, tensors, "std", latent_shape, positive=True))
     elif stage == "ada":
-        raise CheckpointError(f"{cfg_path}: files.{REFERENCE_FILE}: a stage-ada checkpoint must list its KL reference")
+        raise CheckpointError(f"{directory / REFERENCE_FILE}: file not found (a stage-ada checkpoint holds the "
+                              "KL reference it was trained with)")
 
     report = None
-    if (directory / REPORT_FILE).is_file():
-        report = _read_json(directory / REPORT_FILE)
+    if REPORT_FILE in digests:
+        report = read_json(directory / REPORT_FILE)
         if not isinstance(report, dict):
             raise CheckpointError(f"{directory / REPORT_FILE}: expected a JSON object")
 

@@ -153,7 +153,3 @@ class ActionChunkDataset(torch.utils.data.Dataset):
             raise TypeError(f"chunk index must be an int, got {index!r}")
         chunk, mask = self.get_batch([int(index)])
         return chunk[0], mask[0]
-
-    def embodiment_of(self, index: int) -> str:
-        """The embodiment chunk ``index`` comes from."""
-        return self.embodiments[int(self._embodiment_id[index])]

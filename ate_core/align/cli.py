@@ -14,16 +14,18 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
-from ate_core.train.cli import first_line, print_error
+from ate_core.train.stage import run_stage
 
 __all__ = ["main", "build_parser"]
+
+PROG = "ate_align"
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="ate_align",
+        prog=PROG,
         description="Train the action-chunk Info-VAE of ATE's alignment stage: on the pre-training data "
                     "(--stage pre), then on the new robot's data aligned to it (--stage ada).")
     p.add_argument("--config", required=True, help="alignment YAML (see config/align.yaml)")
@@ -37,61 +39,43 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _error(message: str) -> None:
-    print_error("ate_align", message)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
 
-    from ate_core.align.config import load_align_config
-    from ate_core.align.trainer import LOSS_PLOT_FILE, TrainingError, train_vae
-    from ate_core.config import ConfigError
-    from ate_core.data.episode import EpisodeFormatError
-    from ate_core.policy.pretrained import CheckpointError
-    from ate_core.data.spaces import ActionSpaceError, NormStatsError
-    from ate_core.train.config import parse_overrides
-
-    overrides: dict = {}
-    bad_input = (CheckpointError, ActionSpaceError, EpisodeFormatError, NormStatsError)
-    try:
-        overrides = parse_overrides(args.overrides)
-        if args.stage:
-            overrides["stage"] = args.stage
-        if args.pre:
-            overrides["pre_checkpoint"] = args.pre
-        if args.output_dir:
-            overrides["output_dir"] = args.output_dir
-        cfg = load_align_config(args.config, overrides, override_source="command line")
-        result = train_vae(cfg, progress=not args.no_progress, source=args.config)
-    except ConfigError as e:
-        if e.source == args.config and e.key and any(e.key == k or e.key.startswith(k + ".") for k in overrides):
-            e = ConfigError("command line", e.key, e.message)  # the value came from an option, not the file
-        _error(first_line(e))
-        return 2
-    except bad_input as e:
-        _error(first_line(e))
-        return 2
-    except TrainingError as e:
-        _error(first_line(e))
-        return 1
-    except KeyboardInterrupt:
-        _error("interrupted")
-        return 130
-
+    from ate_core.align.config import AlignConfig, load_align_config
     from ate_core.align.report import format_report_table
+    from ate_core.align.trainer import LOSS_PLOT_FILE, train_vae
+    from ate_core.config import ConfigError
+    from ate_core.train.config import overridden, parse_overrides
 
-    print(f"checkpoint: {result.checkpoint}")
-    print(f"loss curve: {result.output_dir / LOSS_PLOT_FILE}")
-    if result.losses:
-        last = result.losses[-1]
-        print(f"final loss: total {last['total']:.6g}, recon {last['recon']:.6g}, kl {last['kl']:.6g}, "
-              f"mmd {last['mmd']:.6g} after {len(result.losses)} steps")
-    if result.baseline_checkpoint is not None:
-        print(f"baseline checkpoint: {result.baseline_checkpoint}")
-    if result.report is not None:
-        print(format_report_table(result.report))
-    return 0
+    overrides: Dict[str, Any] = {}
+
+    def prepare() -> AlignConfig:
+        overrides.update(parse_overrides(args.overrides))
+        for key, value in (("stage", args.stage), ("pre_checkpoint", args.pre), ("output_dir", args.output_dir)):
+            if value:
+                overrides[key] = value
+        return load_align_config(args.config, overrides, override_source="command line")
+
+    def run(cfg: AlignConfig) -> None:
+        try:
+            result = train_vae(cfg, progress=not args.no_progress, source=args.config)
+        except ConfigError as e:
+            if e.source == args.config and overridden(e.key, overrides):
+                raise ConfigError("command line", e.key, e.message) from None  # the value came from an option
+            raise
+        print(f"checkpoint: {result.checkpoint}")
+        print(f"loss curve: {result.output_dir / LOSS_PLOT_FILE}")
+        if result.losses:
+            last = result.losses[-1]
+            print(f"final loss: total {last['total']:.6g}, recon {last['recon']:.6g}, kl {last['kl']:.6g}, "
+                  f"mmd {last['mmd']:.6g} after {len(result.losses)} steps")
+        if result.baseline_checkpoint is not None:
+            print(f"baseline checkpoint: {result.baseline_checkpoint}")
+        if result.report is not None:
+            print(format_report_table(result.report))
+
+    return run_stage(PROG, prepare, run)
 
 
 if __name__ == "__main__":

@@ -36,8 +36,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from ate_core.align.checkpoint import (CheckpointError, KLReference, LoadedVAE, load_vae, save_vae,
-                                       write_report)
+from ate_core.align.checkpoint import KLReference, LoadedVAE, load_vae, save_vae, write_report
 from ate_core.align.chunks import ActionChunkDataset
 from ate_core.align.config import AlignConfig, align_config_to_dict
 from ate_core.align.latent_stats import LatentStats, compute_latent_stats
@@ -45,10 +44,11 @@ from ate_core.align.modeling_vae import ActionChunkVAE
 from ate_core.align.report import latent_fit_report
 from ate_core.config import ConfigError
 from ate_core.data.spaces import ActionSpaceError, UnifiedActionSpace, default_action_space
-from ate_core.train.checkpoint import _point_last, checkpoint_dir, latest_checkpoint
-from ate_core.train.trainer import TrainingError, cosine_with_warmup
+from ate_core.io import CheckpointError, checkpoint_dir, latest_checkpoint, point_last
+from ate_core.train.stage import TrainingError
+from ate_core.train.trainer import cosine_with_warmup
 
-__all__ = ["train_vae", "AlignResult", "TrainingError", "check_pre_checkpoint", "plot_align_losses",
+__all__ = ["train_vae", "AlignResult", "check_pre_checkpoint", "plot_align_losses",
            "METRICS_FILE", "LOSS_PLOT_FILE", "REPORT_FILE", "BASELINE_DIR"]
 
 METRICS_FILE = "metrics.jsonl"
@@ -276,7 +276,7 @@ def _save_step(out: Path, step: int, vae: ActionChunkVAE, *, cfg: AlignConfig, c
                     norm_mode=cfg.norm_mode, action_space=space, embodiments=chunks.embodiments,
                     latent_stats=latent_stats, reference=reference, train_config=align_config_to_dict(cfg),
                     extra={"step": step, "final": latent_stats is not None, **extra})
-    _point_last(path)
+    point_last(path)
     return path
 
 

@@ -39,7 +39,7 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
-from ate_core.durable_io import fsync_file as _fsync_file, fsync_dir as _fsync_dir
+from ate_core.io import fsync_file as _fsync_file, fsync_dir as _fsync_dir
 from ate_core.data.spaces import ActionSpaceError, default_action_space
 
 __all__ = [

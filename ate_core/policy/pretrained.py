@@ -4,9 +4,11 @@
 
     pretrained_model/
       config.json          format, version, policy type and config, embodiment, norm mode,
-                           unified action layout, training config, SHA-256 of the tensor files
+                           unified action layout, training config
       model.safetensors    the deployed weights (the EMA average when training used EMA)
       stats.safetensors    normalisation stats, "<embodiment>/<state|action>/<mean|std|min|max>"
+      manifest.json        SHA-256 and size of the three files above, written last
+                           (:mod:`ate_core.io.manifest`)
 
 This is what the robot loads (:func:`load_pretrained`); it lives beside the policies rather
 than in ``train/`` so that inference never imports training code. A training run writes it
@@ -18,22 +20,19 @@ naming the file and, where it applies, the key.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
-import math
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import torch
+from torch import nn
 
-from ate_core.durable_io import fsync_dir as _fsync_dir
 from ate_core.config import ConfigError
 from ate_core.data.stats import stats_from_tensors, stats_to_tensors
+from ate_core.io import (CheckpointError, action_space_dict, atomic_dir, json_safe, read_json, read_tensors,
+                         resolve_checkpoint_dir, verify_manifest, write_json, write_manifest, write_tensors)
 from ate_core.policy import factory
 from ate_core.policy.base import Policy
 from ate_core.data.spaces import (
@@ -45,123 +44,30 @@ from ate_core.data.spaces import (
 )
 
 __all__ = [
-    "CheckpointError",
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_VERSION",
     "LoadedPolicy",
     "save_pretrained",
     "load_pretrained",
     "read_pretrained_config",
-    "latest_checkpoint",
+    "load_weights",
     "PRETRAINED_DIR",
-    "TRAINING_STATE_DIR",
+    "CONFIG_FILE",
+    "StatsByEmbodiment",
 ]
 
 CHECKPOINT_FORMAT = "ate_policy"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
 PRETRAINED_DIR = "pretrained_model"
-TRAINING_STATE_DIR = "training_state"
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.safetensors"
 STATS_FILE = "stats.safetensors"
-LAST_LINK = "last"
 
 StatsByEmbodiment = Mapping[str, Mapping[str, NormStats]]
 
 
-class CheckpointError(ValueError):
-    """A checkpoint is missing, incomplete, corrupt or does not fit; the message names the file."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Small file helpers
-
-
-def _write_bytes(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    _write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n").encode())
-
-
-def _write_tensors(path: Path, tensors: Mapping[str, torch.Tensor],
-                   metadata: Optional[Mapping[str, str]] = None) -> None:
-    from safetensors.torch import save
-
-    plain = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    _write_bytes(path, save(plain, metadata=dict(metadata) if metadata else None))
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _read_json(path: Path) -> Any:
-    if not path.is_file():
-        raise CheckpointError(f"{path}: file not found (incomplete checkpoint?)")
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
-
-
-def _read_tensors(path: Path) -> Dict[str, torch.Tensor]:
-    """A safetensors file as CPU tensors; any read or format problem names the file."""
-    from safetensors.torch import load_file
-
-    if not path.is_file():
-        raise CheckpointError(f"{path}: file not found (incomplete checkpoint?)")
-    try:
-        return load_file(str(path), device="cpu")
-    except Exception as e:  # safetensors raises SafetensorError, OSError, ValueError, ...
-        raise CheckpointError(f"{path}: corrupt or truncated safetensors file ({type(e).__name__}: {e})") from None
-
-
-def _replace_dir(tmp: Path, final: Path) -> None:
-    """Move the complete ``tmp`` to ``final``; an existing ``final`` is replaced, never merged."""
-    old = None
-    if final.exists() or final.is_symlink():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        if old.exists():
-            shutil.rmtree(old)
-        os.rename(final, old)
-    os.rename(tmp, final)
-    _fsync_dir(final.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _temp_dir_beside(final: Path) -> Path:
-    final.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-
-
 # ---------------------------------------------------------------------------------------------
 # The deployable part: pretrained_model/
-
-
-def _action_space_dict(space: UnifiedActionSpace) -> Dict[str, Any]:
-    return {"width": space.width,
-            "embodiments": {name: list(slots) for name, slots in space.embodiments.items()}}
-
-
-def _plain(v: Any) -> Any:
-    if isinstance(v, (tuple, list)):
-        return [_plain(x) for x in v]
-    if isinstance(v, dict):
-        return {str(k): _plain(x) for k, x in v.items()}
-    if isinstance(v, float) and not math.isfinite(v):
-        return str(v)
-    return v
 
 
 def _write_pretrained(directory: Path, policy: Policy, stats: StatsByEmbodiment,
@@ -179,11 +85,9 @@ def _write_pretrained(directory: Path, policy: Policy, stats: StatsByEmbodiment,
         space.slots(emb)  # every embodiment named must have a layout
     if embodiment not in stats or not {"state", "action"} <= set(stats[embodiment]):
         raise CheckpointError(f"save_pretrained: stats lack 'state'/'action' of embodiment {embodiment!r}")
-    directory.mkdir(parents=True, exist_ok=True)
-    state = policy.state_dict()
-    _write_tensors(directory / MODEL_FILE, state)
-    _write_tensors(directory / STATS_FILE,
-                   {k: torch.from_numpy(np.array(v)) for k, v in stats_to_tensors(stats).items()})
+    write_tensors(directory / MODEL_FILE, policy.state_dict())
+    write_tensors(directory / STATS_FILE,
+                  {k: torch.from_numpy(np.array(v)) for k, v in stats_to_tensors(stats).items()})
     config = {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
@@ -192,16 +96,14 @@ def _write_pretrained(directory: Path, policy: Policy, stats: StatsByEmbodiment,
         "embodiment": embodiment,
         "embodiments": sorted(stats),
         "norm_mode": meta.get("norm_mode", "mean_std"),
-        "action_space": _action_space_dict(space),
-        "train": _plain(dict(meta.get("train") or {})),
-        "files": {name: {"sha256": _sha256(directory / name), "bytes": (directory / name).stat().st_size}
-                  for name in (MODEL_FILE, STATS_FILE)},
+        "action_space": action_space_dict(space),
+        "train": json_safe(dict(meta.get("train") or {})),
     }
     for key, value in meta.items():
         if key not in config and key not in ("action_space",):
-            config[key] = _plain(value)
-    _write_json(directory / CONFIG_FILE, config)
-    _fsync_dir(directory)
+            config[key] = json_safe(value)
+    write_json(directory / CONFIG_FILE, config)
+    write_manifest(directory)
 
 
 def save_pretrained(directory: Union[str, os.PathLike], policy: Policy, stats_by_embodiment: StatsByEmbodiment,
@@ -214,13 +116,8 @@ def save_pretrained(directory: Union[str, os.PathLike], policy: Policy, stats_by
     as given. Atomic: the directory appears only once complete.
     """
     final = Path(directory)
-    tmp = _temp_dir_beside(final)
-    try:
+    with atomic_dir(final) as tmp:
         _write_pretrained(tmp, policy, stats_by_embodiment, meta)
-        _replace_dir(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final
 
 
@@ -262,41 +159,24 @@ class LoadedPolicy:
                                cameras=self.cameras, image_size=self.image_size, norm_mode=self.norm_mode)
 
 
-def _pretrained_dir(path: Path) -> Path:
-    """Accept a pretrained_model dir, a step dir, a checkpoints dir or a run's output dir."""
-    if not path.exists():
-        raise CheckpointError(f"{path}: checkpoint not found")
-    if path.name == LAST_LINK and (path.is_symlink() or path.is_file()):
-        target = latest_checkpoint(path.parent)
-        if target is not None:
-            path = target
-    if (path / CONFIG_FILE).is_file():
-        return path
-    if (path / PRETRAINED_DIR).is_dir():
-        return path / PRETRAINED_DIR
-    for base in (path, path / "checkpoints"):
-        last = latest_checkpoint(base) if (base / LAST_LINK).exists() or (base / LAST_LINK).is_symlink() \
-            else None
-        if last is not None:
-            return last / PRETRAINED_DIR
-    if path.is_dir():
-        raise CheckpointError(f"{path / CONFIG_FILE}: file not found (not a checkpoint directory)")
-    raise CheckpointError(f"{path}: not a checkpoint directory")
-
-
 def read_pretrained_config(directory: Union[str, os.PathLike]) -> Tuple[Path, Dict[str, Any], str, Any]:
-    """(pretrained dir, raw config.json, policy type, validated policy config) of a checkpoint."""
-    pdir = _pretrained_dir(Path(directory))
+    """(pretrained dir, raw config.json, policy type, validated policy config) of a checkpoint,
+    after checking its manifest. ``directory`` is any path :func:`load_pretrained` accepts."""
+    pdir = resolve_checkpoint_dir(directory, CONFIG_FILE, inner=PRETRAINED_DIR)
+    verify_manifest(pdir)
     cfg_path = pdir / CONFIG_FILE
-    raw = _read_json(cfg_path)
+    raw = read_json(cfg_path)
     if not isinstance(raw, dict):
         raise CheckpointError(f"{cfg_path}: expected a JSON object")
     if raw.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{cfg_path}: format: {raw.get('format')!r} is not an "
                               f"{CHECKPOINT_FORMAT!r} checkpoint")
-    if raw.get("version") != CHECKPOINT_VERSION:
-        raise CheckpointError(f"{cfg_path}: version: unsupported checkpoint version {raw.get('version')!r} "
-                              f"(this code reads version {CHECKPOINT_VERSION})")
+    version = raw.get("version")
+    if version != CHECKPOINT_VERSION:
+        older = isinstance(version, int) and version < CHECKPOINT_VERSION
+        raise CheckpointError(f"{cfg_path}: version: unsupported checkpoint version {version!r} (this code reads "
+                              f"version {CHECKPOINT_VERSION})" + ("; written by an older version: save it again"
+                                                                  if older else ""))
     policy_type = raw.get("policy_type")
     if policy_type not in factory.POLICY_TYPES:
         raise CheckpointError(f"{cfg_path}: policy_type: unknown policy type {policy_type!r} "
@@ -310,6 +190,14 @@ def read_pretrained_config(directory: Union[str, os.PathLike]) -> Tuple[Path, Di
         where = f"policy.{e.key}" if e.key else "policy"
         raise CheckpointError(f"{cfg_path}: {where}: {e.message} (invalid policy config: {e})") from None
     return pdir, raw, policy_type, config
+
+
+def load_weights(path: Path, module: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """Load ``state`` (read from ``path``) into ``module``, strictly, once it is known to fit:
+    names, shapes, dtype kinds and finiteness are checked first so that an error names the file
+    and the tensor instead of torch's message about the module."""
+    _check_state(path, state, module.state_dict())
+    module.load_state_dict(state, strict=True)
 
 
 def _check_state(path: Path, state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]) -> None:
@@ -335,24 +223,14 @@ def _check_state(path: Path, state: Mapping[str, torch.Tensor], expected: Mappin
             raise CheckpointError(f"{path}: {k}: non-finite weights (NaN or inf)")
 
 
-def _verify_files(pdir: Path, raw: Mapping[str, Any]) -> None:
-    files = raw.get("files")
-    if not isinstance(files, dict):
-        return
-    for name, entry in files.items():
-        expected = entry.get("sha256") if isinstance(entry, dict) else None
-        if expected and _sha256(pdir / name) != expected:
-            raise CheckpointError(f"{pdir / name}: checksum mismatch with {CONFIG_FILE} "
-                                  "(file corrupt or modified)")
-
-
 def load_pretrained(directory: Union[str, os.PathLike], device: Union[str, torch.device] = "cpu",
                     *, embodiment: Optional[str] = None) -> LoadedPolicy:
     """Load a checkpoint for inference: a fresh policy from the stored config + the stored weights.
 
     ``directory`` may be the ``pretrained_model`` folder, a step folder, a ``checkpoints`` folder
     or a run's output folder (then the newest checkpoint). Never unpickles, never changes the
-    caller's RNG state. The policy is returned in eval mode on ``device``.
+    caller's RNG state. The manifest is checked before any file is read. The policy is returned
+    in eval mode on ``device``.
     """
     pdir, raw, policy_type, config = read_pretrained_config(directory)
     cfg_path = pdir / CONFIG_FILE
@@ -364,8 +242,8 @@ def load_pretrained(directory: Union[str, os.PathLike], device: Union[str, torch
         raise CheckpointError(f"{cfg_path}: action_space: malformed ({e})") from None
     emb = embodiment or raw["embodiment"]
 
-    state = _read_tensors(pdir / MODEL_FILE)
-    stats_tensors = _read_tensors(pdir / STATS_FILE)
+    state = read_tensors(pdir / MODEL_FILE)
+    stats_tensors = read_tensors(pdir / STATS_FILE)
     try:
         stats = stats_from_tensors(stats_tensors)
     except NormStatsError as e:
@@ -390,34 +268,9 @@ def load_pretrained(directory: Union[str, os.PathLike], device: Union[str, torch
         build_cfg = dataclasses.replace(config, encoder=dataclasses.replace(enc, pretrained_path=""))
     with torch.random.fork_rng(devices=[]):
         policy = factory.make_policy(policy_type, build_cfg)
-    expected = policy.state_dict()
-    _check_state(pdir / MODEL_FILE, state, expected)
-    _verify_files(pdir, raw)
-    policy.load_state_dict(state, strict=True)
+    load_weights(pdir / MODEL_FILE, policy, state)
     policy.to(device)
     policy.eval()
     return LoadedPolicy(policy=policy, policy_type=policy_type, config=config, stats=stats, embodiment=emb,
                         norm_mode=str(raw["norm_mode"]), action_space=space, path=pdir, meta=raw)
 
-
-def latest_checkpoint(checkpoints: Union[str, os.PathLike]) -> Optional[Path]:
-    """The step folder ``last`` points at in a ``checkpoints`` folder (or a run's output folder)."""
-    base = Path(checkpoints)
-    if not (base / LAST_LINK).exists() and not (base / LAST_LINK).is_symlink() \
-            and (base / "checkpoints").is_dir():
-        base = base / "checkpoints"
-    link = base / LAST_LINK
-    if link.is_symlink():
-        target = base / os.readlink(link)
-    elif link.is_file():
-        name = link.read_text(encoding="utf-8").strip()
-        if not name or "/" in name or name.startswith("."):
-            raise CheckpointError(f"{link}: does not name a checkpoint folder")
-        target = base / name
-    elif link.is_dir():
-        target = link
-    else:
-        return None
-    if not target.is_dir():
-        raise CheckpointError(f"{link}: points at {target.name}, which does not exist")
-    return target

@@ -33,24 +33,32 @@ Vec3 = Tuple[float, float, float]
 class MountConfig:
     """Where an arm's base sits on the robot base (URDF xyz / fixed-axis rpy)."""
 
-    xyz_m: Vec3 = (0.0, 0.0, 0.0)
-    rpy_rad: Vec3 = checked((0.0, 0.0, 0.0), check=in_range(-2 * math.pi, 2 * math.pi))
+    xyz_m: Vec3 = checked((0.0, 0.0, 0.0), doc="translation x, y, z from the parent frame, m")
+    rpy_rad: Vec3 = checked((0.0, 0.0, 0.0), check=in_range(-2 * math.pi, 2 * math.pi),
+                            doc="rotation roll, pitch, yaw about the parent's fixed axes, rad")
 
 
 @dataclass(frozen=True)
 class ArmConfig:
     """One RealMan arm: its controller endpoint, kinematic model and naming."""
 
-    ip: str = checked(check=ipv4)
-    udp_port: int = checked(check=port_number, doc="UDP port the controller pushes state to")
-    joint_names: Tuple[str, ...] = checked(check=nonempty)
-    gripper_joint: str = checked(check=nonempty)
-    home_rad: Tuple[float, ...] = checked(check=in_range(-2 * math.pi, 2 * math.pi))
-    model: str = checked("RM75-B", check=one_of(*sorted(ARM_MODELS)))
-    tcp_port: int = checked(8080, check=port_number)
-    follow: bool = False
-    control_period_s: float = checked(0.01, check=in_range(0.002, 0.1))
-    push_cycle: int = checked(1, check=in_range(1, 100), doc="UDP push period in 5 ms units")
+    ip: str = checked(check=ipv4, doc="IPv4 address of the arm's controller")
+    udp_port: int = checked(check=port_number,
+                            doc="UDP port on the robot PC the controller pushes state to (1-65535)")
+    joint_names: Tuple[str, ...] = checked(check=nonempty,
+                                           doc="the arm's joint names, base to flange")
+    gripper_joint: str = checked(check=nonempty, doc="joint name of the gripper opening (m)")
+    home_rad: Tuple[float, ...] = checked(check=in_range(-2 * math.pi, 2 * math.pi),
+                                          doc="home pose of the `home` service, rad per joint")
+    model: str = checked("RM75-B", check=one_of(*sorted(ARM_MODELS)),
+                         doc=f"RealMan arm model: {', '.join(sorted(ARM_MODELS))}")
+    tcp_port: int = checked(8080, check=port_number,
+                            doc="TCP port of the controller's JSON API (1-65535)")
+    follow: bool = checked(False, doc="RealMan high-follow pass-through of streamed joint targets")
+    control_period_s: float = checked(0.01, check=in_range(0.002, 0.1),
+                                      doc="period of the arm's command stream, s (follow: <= 0.01)")
+    push_cycle: int = checked(1, check=in_range(1, 100),
+                              doc="state push period of the controller, in 5 ms units")
     realtime_priority: int = checked(49, check=in_range(0, 99),
                                      doc="SCHED_FIFO priority of the arm driver process's threads "
                                          "(state pushes, commands); 0: normal")
@@ -104,34 +112,43 @@ class ArmsConfig:
 
 @dataclass(frozen=True)
 class GripperConfig:
-    max_opening_m: float = checked(GRIPPER_MAX_OPENING_M, check=in_range(0.0, 0.2))
+    max_opening_m: float = checked(GRIPPER_MAX_OPENING_M, check=in_range(0.0, 0.2),
+                                   doc="gripper opening at its widest, m (both grippers)")
 
 
 @dataclass(frozen=True)
 class TopicsConfig:
     """Topic names the nodes share (see the ROS interface table in the README)."""
 
-    joint_states: str = checked("/joint_states", check=nonempty)
+    joint_states: str = checked("/joint_states", check=nonempty,
+                                doc="whole-robot joint states topic (robot_state_publisher, RViz)")
     arm_joint_states: str = checked("joint_states", check=nonempty,
-                                    doc="per-arm topic, relative to the arm namespace")
-    arm_command: str = checked("command", check=nonempty)
-    diagnostics: str = checked("/diagnostics", check=nonempty)
+                                    doc="per-arm joint states topic, relative to the arm namespace")
+    arm_command: str = checked("command", check=nonempty,
+                               doc="per-arm joint command topic, relative to the arm namespace")
+    diagnostics: str = checked("/diagnostics", check=nonempty, doc="diagnostics topic")
     cameras: str = checked("/cameras", check=nonempty,
                            doc="camera namespace: {cameras}/{name}/image_raw")
-    action_chunk: str = checked("/ate/action_chunk", check=nonempty)
-    markers: str = checked("/ate/markers", check=nonempty)
-    estop: str = checked("/ate/estop", check=nonempty)
-    rearm: str = checked("/ate/rearm", check=nonempty)
-    engage: str = checked("/ate/engage", check=nonempty)
+    action_chunk: str = checked("/ate/action_chunk", check=nonempty,
+                                doc="the policy's action chunks (trajectory_msgs/JointTrajectory)")
+    markers: str = checked("/ate/markers", check=nonempty,
+                           doc="RViz markers of the planned TCP paths")
+    estop: str = checked("/ate/estop", check=nonempty,
+                         doc="emergency stop service (std_srvs/Trigger)")
+    rearm: str = checked("/ate/rearm", check=nonempty,
+                         doc="service clearing a stop (std_srvs/Trigger)")
+    engage: str = checked("/ate/engage", check=nonempty,
+                          doc="service starting or ending execution of chunks (std_srvs/SetBool)")
 
 
 @dataclass(frozen=True)
 class EndpointConfig:
     """Where an emulated controller listens in simulation (loopback)."""
 
-    ip: str = checked(check=ipv4)
-    tcp_port: int = checked(check=port_number)
-    udp_port: int = checked(check=port_number)
+    ip: str = checked(check=ipv4, doc="loopback IPv4 address the emulated controller listens on")
+    tcp_port: int = checked(check=port_number, doc="TCP port of the emulated JSON API (1-65535)")
+    udp_port: int = checked(check=port_number,
+                            doc="UDP port the emulated controller pushes state to (1-65535)")
 
 
 @dataclass(frozen=True)
@@ -160,19 +177,23 @@ class CameraConfig:
     gives the pinhole intrinsics of ``camera_info`` until a calibration is loaded.
     """
 
-    source: str = checked("sim", check=one_of("v4l2", "video", "sim"))
+    source: str = checked("sim", check=one_of("v4l2", "video", "sim"),
+                          doc="where frames come from: v4l2, video or sim")
     device: str = checked("/dev/video0", check=nonempty, doc="v4l2: device path or index")
-    video_file: str = ""  # video: the file, played in a loop
-    width: int = checked(640, check=in_range(16, 8192))
-    height: int = checked(480, check=in_range(16, 8192))
-    fps: float = checked(30.0, check=in_range(0.5, 240.0))
-    pixel_format: str = checked("MJPG", check=one_of("MJPG", "YUYV"))
-    jpeg_quality: int = checked(90, check=in_range(1, 100))
-    horizontal_fov_deg: float = checked(70.0, check=in_range(1.0, 179.0))
+    video_file: str = checked("", doc="video: the file, played in a loop")
+    width: int = checked(640, check=in_range(16, 8192), doc="published image width, px")
+    height: int = checked(480, check=in_range(16, 8192), doc="published image height, px")
+    fps: float = checked(30.0, check=in_range(0.5, 240.0), doc="frame rate asked of the source, Hz")
+    pixel_format: str = checked("MJPG", check=one_of("MJPG", "YUYV"),
+                                doc="v4l2: pixel format asked of the device, MJPG or YUYV")
+    jpeg_quality: int = checked(90, check=in_range(1, 100),
+                                doc="JPEG quality of image_raw/compressed, 1-100")
+    horizontal_fov_deg: float = checked(70.0, check=in_range(1.0, 179.0),
+                                        doc="horizontal field of view of camera_info, deg")
     max_age_s: float = checked(0.1, check=in_range(0.001, 10.0),
-                               doc="an older newest frame blocks inference")
+                               doc="a newest frame older than this blocks inference, s")
     reopen_s: float = checked(1.0, check=in_range(0.01, 60.0),
-                              doc="wait before reopening a device that failed")
+                              doc="wait before reopening a device that failed, s")
 
     def problems(self) -> Iterator[Problem]:
         if self.source == "video" and not self.video_file:
@@ -187,46 +208,52 @@ def _default_cameras() -> Dict[str, CameraConfig]:
 class InferenceConfig:
     """The inference node: which checkpoint, where it runs, how often, on what instruction."""
 
-    checkpoint: str = ""  # policy checkpoint directory ("": no inference node is started)
-    device: str = checked("auto", check=one_of("auto", "cpu", "cuda"))
+    checkpoint: str = checked("", doc="policy checkpoint directory (\"\": no inference node)")
+    device: str = checked("auto", check=one_of("auto", "cpu", "cuda"),
+                          doc="where the policy runs: auto, cpu or cuda")
     dtype: str = checked("float32", check=one_of("float32", "float16", "bfloat16"),
                          doc="autocast dtype on CUDA (CPU always runs float32)")
-    task: str = ""  # the instruction given to the policy
+    task: str = checked("", doc="the instruction given to the policy")
     num_steps: int = checked(0, check=in_range(0, 1000), doc="denoising steps (0: the policy's)")
     period_s: float = checked(0.0, check=in_range(0.0, 10.0),
-                              doc="least time between inferences (0: back to back)")
+                              doc="least time between inferences, s (0: back to back)")
     action_period_s: float = checked(0.0, check=in_range(0.0, 1.0),
-                                     doc="time between chunk points (0: the checkpoint's fps)")
-    torch_threads: int = checked(2, check=in_range(1, 256))
+                                     doc="time between chunk points, s (0: the checkpoint's fps)")
+    torch_threads: int = checked(2, check=in_range(1, 256), doc="torch intra-op threads")
     nice: int = checked(10, check=in_range(0, 19),
                         doc="the worker's niceness: the model yields the CPU to the control loop")
-    warmup_runs: int = checked(2, check=in_range(0, 100))
-    joint_state_max_age_s: float = checked(0.05, check=in_range(0.001, 10.0))
-    guidance: bool = False
-    guidance_vae: str = ""  # ATE VAE for inference guidance ("": the one the checkpoint records)
-    guidance_scale: float = checked(1.0, check=in_range(0.0, 100.0))
+    warmup_runs: int = checked(2, check=in_range(0, 100),
+                               doc="inferences run and discarded before chunks are published")
+    joint_state_max_age_s: float = checked(0.05, check=in_range(0.001, 10.0),
+                                           doc="an older newest joint state blocks inference, s")
+    guidance: bool = checked(False, doc="ATE latent guidance at inference")
+    guidance_vae: str = checked("", doc="ATE VAE for guidance (\"\": the checkpoint's own)")
+    guidance_scale: float = checked(1.0, check=in_range(0.0, 100.0),
+                                    doc="strength of the latent guidance (0: none)")
 
 
 @dataclass(frozen=True)
 class ExecutorConfig:
     """How the supervisor turns chunks into per-tick targets (``ate_core.runtime.executor``)."""
 
-    mode: str = checked("crossfade", check=one_of("replace", "crossfade", "ensemble"))
-    crossfade_s: float = checked(0.1, check=in_range(0.0, 5.0))
+    mode: str = checked("crossfade", check=one_of("replace", "crossfade", "ensemble"),
+                        doc="how a new chunk takes over: replace, crossfade or ensemble")
+    crossfade_s: float = checked(0.1, check=in_range(0.0, 5.0),
+                                 doc="crossfade: blend time from the old chunk to the new, s")
     ensemble_k: float = checked(0.01, check=in_range(0.0, 10.0),
                                 doc="ACT temporal ensembling: weight exp(-k i), i = 0 oldest")
     max_chunks: int = checked(8, check=in_range(1, 1000), doc="chunks kept for blending")
     max_future_s: float = checked(0.05, check=in_range(0.0, 10.0),
-                                  doc="a chunk stamped further ahead of the supervisor's clock "
-                                      "is rejected (clocks of policy and robot PC disagree)")
+                                  doc="chunks stamped further ahead of the supervisor's clock are "
+                                      "rejected (the PCs' clocks disagree), s")
 
 
 @dataclass(frozen=True)
 class WorkspaceBox:
     """Axis-aligned box in base_link that an arm's TCP must stay in."""
 
-    min_m: Vec3 = (-1.0, -1.0, -1.0)
-    max_m: Vec3 = (1.0, 1.0, 1.0)
+    min_m: Vec3 = checked((-1.0, -1.0, -1.0), doc="lowest x, y, z of the TCP in base_link, m")
+    max_m: Vec3 = checked((1.0, 1.0, 1.0), doc="highest x, y, z of the TCP in base_link, m")
 
     def problems(self) -> Iterator[Problem]:
         for axis, lo, hi in zip("xyz", self.min_m, self.max_m):
@@ -243,27 +270,33 @@ def _default_workspace() -> Dict[str, WorkspaceBox]:
 class SafetyConfig:
     """Every target passes these each tick (``ate_core.runtime.safety``)."""
 
-    joint_margin_rad: float = checked(0.05, check=in_range(0.0, 0.5))
+    joint_margin_rad: float = checked(0.05, check=in_range(0.0, 0.5),
+                                      doc="distance kept inside every joint limit, rad")
     velocity_scale: float = checked(0.5, check=in_range(0.01, 1.0),
                                     doc="fraction of each joint's rated velocity")
     acceleration_scale: float = checked(0.2, check=in_range(0.01, 1.0),
                                         doc="fraction of each joint's rated acceleration")
-    gripper_velocity_m_s: float = checked(0.1, check=in_range(0.001, 1.0))
+    gripper_velocity_m_s: float = checked(0.1, check=in_range(0.001, 1.0),
+                                          doc="fastest gripper opening or closing, m/s")
     workspace: Dict[str, WorkspaceBox] = field(default_factory=_default_workspace)
-    min_arm_distance_m: float = checked(0.05, check=in_range(0.0, 1.0))
+    min_arm_distance_m: float = checked(0.05, check=in_range(0.0, 1.0),
+                                        doc="least distance between the two arms' link capsules, m")
     link_radius_m: float = checked(0.06, check=in_range(0.0, 0.5),
-                                   doc="capsule radius of every arm link")
+                                   doc="capsule radius of every arm link, m")
 
 
 @dataclass(frozen=True)
 class WatchdogConfig:
     """Timeouts after which the supervisor holds (or stops, for a lost controller)."""
 
-    joint_state_timeout_s: float = checked(0.05, check=in_range(0.005, 10.0))
-    chunk_timeout_s: float = checked(1.0, check=in_range(0.01, 60.0))
-    camera_timeout_s: float = checked(0.25, check=in_range(0.01, 60.0))
+    joint_state_timeout_s: float = checked(0.05, check=in_range(0.005, 10.0),
+                                           doc="joint state older than this: hold, s")
+    chunk_timeout_s: float = checked(1.0, check=in_range(0.01, 60.0),
+                                     doc="no chunk for this long: hold, s")
+    camera_timeout_s: float = checked(0.25, check=in_range(0.01, 60.0),
+                                      doc="a camera silent this long: hold, s")
     controller_timeout_s: float = checked(0.5, check=in_range(0.01, 60.0),
-                                          doc="joint state silent this long: controller lost")
+                                          doc="joint state silent this long: controller lost, s")
 
     def problems(self) -> Iterator[Problem]:
         if self.controller_timeout_s <= self.joint_state_timeout_s:
@@ -274,11 +307,13 @@ class WatchdogConfig:
 class SupervisorConfig:
     """The only commander of the arms: control rate, ramps, executor, safety, watchdogs."""
 
-    rate_hz: float = checked(100.0, check=in_range(1.0, 1000.0))
+    rate_hz: float = checked(100.0, check=in_range(1.0, 1000.0),
+                             doc="control rate: arm commands per second, Hz")
     realtime_priority: int = checked(50, check=in_range(0, 99),
                                      doc="SCHED_FIFO priority of the control loop (0: normal)")
-    ramp_s: float = checked(1.0, check=in_range(0.0, 30.0), doc="engage / re-engage ramp")
-    dry_run: bool = False
+    ramp_s: float = checked(1.0, check=in_range(0.0, 30.0),
+                            doc="engage / re-engage ramp from the measured state, s")
+    dry_run: bool = checked(False, doc="commands go to command_preview, not to the arms")
     executor: ExecutorConfig = ExecutorConfig()
     safety: SafetyConfig = SafetyConfig()
     watchdog: WatchdogConfig = WatchdogConfig()
@@ -289,7 +324,7 @@ class BimanualConfig:
     """The whole robot: both arms, their layout, and the names the nodes use."""
 
     arms: ArmsConfig
-    robot_name: str = checked("ate_bimanual", check=nonempty)
+    robot_name: str = checked("ate_bimanual", check=nonempty, doc="name of the robot in the URDF")
     gripper: GripperConfig = GripperConfig()
     topics: TopicsConfig = TopicsConfig()
     cameras: Dict[str, CameraConfig] = field(default_factory=_default_cameras)

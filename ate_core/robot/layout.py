@@ -5,7 +5,7 @@ the left arm is mounted at +y. Each arm's own base frame ``{prefix}_base_link`` 
 that arm. Joint names follow DESIGN.md: RealMan's ``joint1..N`` with the arm's prefix
 (``left_joint3``), and one gripper joint per arm (``left_gripper``, finger opening in metres).
 
-This module builds no config; ``ate_core.config`` turns YAML into these objects.
+This module builds no config; ``ate_core.robot.config`` turns YAML into these objects.
 """
 
 from __future__ import annotations

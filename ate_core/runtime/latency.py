@@ -24,13 +24,6 @@ class LatencyStats:
             self._values.append(float(seconds))
             self.count += 1
 
-    def percentile_ms(self, q: float) -> float:
-        """The q-th percentile in ms (nan before the first value)."""
-        with self._lock:
-            if not self._values:
-                return float("nan")
-            return float(np.percentile(np.fromiter(self._values, float), q)) * 1e3
-
     def summary(self) -> Dict[str, float]:
         """``{"p50_ms", "p99_ms", "max_ms", "count"}`` over the window."""
         with self._lock:

@@ -13,9 +13,10 @@ inference node, offline replay and tests all run this same code. Not thread-safe
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
@@ -24,8 +25,11 @@ from ate_core.config import ConfigError
 from ate_core.robot.config import InferenceConfig
 from ate_core.data.episode import EpisodeFormatError, default_joint_names
 from ate_core.policy.base import StepHook
-from ate_core.policy.pretrained import LoadedPolicy, load_pretrained
+from ate_core.policy.pretrained import CONFIG_FILE, LoadedPolicy, load_pretrained
 from ate_core.runtime.chunk import ActionChunk, make_chunk
+
+if TYPE_CHECKING:  # loaded only when guidance is on
+    from ate_core.steer.guidance import LatentGuidance
 
 __all__ = ["PolicyRunner", "resolve_device"]
 
@@ -54,7 +58,7 @@ class PolicyRunner:
 
     def __init__(self, loaded: LoadedPolicy, *, action_period_ns: int, device: torch.device,
                  dtype: torch.dtype = torch.float32, num_steps: Optional[int] = None,
-                 step_hook: Optional[StepHook] = None, guidance: Any = None,
+                 step_hook: Optional[StepHook] = None, guidance: Optional[LatentGuidance] = None,
                  notes: Tuple[str, ...] = ()) -> None:
         if action_period_ns <= 0:
             raise ValueError(f"PolicyRunner: action_period_ns must be > 0, got {action_period_ns}")
@@ -165,23 +169,25 @@ def _action_period_ns(cfg: InferenceConfig, loaded: LoadedPolicy, source: str) -
     fps = loaded.meta.get("fps")
     if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps) or fps <= 0:
         raise ConfigError(source, "inference.action_period_s",
-                          f"0 (take the training data's frame rate), but {loaded.path / 'config.json'} records "
+                          f"0 (take the training data's frame rate), but {loaded.path / CONFIG_FILE} records "
                           f"no usable fps ({fps!r}); set the time between chunk points explicitly")
     return int(round(1e9 / float(fps)))
 
 
 def _inference_guidance(cfg: InferenceConfig, loaded: LoadedPolicy, device: torch.device,
-                        source: str) -> Tuple[Any, StepHook]:
+                        source: str) -> Tuple[LatentGuidance, StepHook]:
     """ATE latent guidance while sampling: the adaptation VAE that shaped the checkpoint (or
-    ``cfg.guidance_vae``, which must be that same VAE when the checkpoint records one)."""
+    ``cfg.guidance_vae``, which must be that same VAE when the checkpoint records one), with
+    the settings it was fine-tuned with."""
     from ate_core.align.checkpoint import load_vae
-    from ate_core.steer.config import GuidanceConfig, InferenceGuidanceConfig
+    from ate_core.steer.config import GuidanceConfig
     from ate_core.steer.guidance import LatentGuidance
+    from ate_core.steer.record import FinetuneRecord
 
-    record = loaded.meta.get("finetune") if isinstance(loaded.meta.get("finetune"), dict) else {}
-    ate = record.get("ate") if isinstance(record.get("ate"), dict) else {}
-    config_json = loaded.path / "config.json"
-    path = cfg.guidance_vae or str(ate.get("path") or "")
+    config_json = loaded.path / CONFIG_FILE
+    record = FinetuneRecord.from_meta(loaded.meta, config_json)
+    recorded = record.ate if record is not None else None
+    path = cfg.guidance_vae or (recorded.path if recorded is not None else "")
     if not path:
         raise ConfigError(source, "inference.guidance_vae",
                           f"guidance is on but no VAE is given and {config_json} records none (the checkpoint "
@@ -191,20 +197,13 @@ def _inference_guidance(cfg: InferenceConfig, loaded: LoadedPolicy, device: torc
         raise ConfigError(source, "inference.guidance_vae",
                           f"{path}: no such VAE checkpoint{where}; copy it here and set inference.guidance_vae")
     vae = load_vae(path, device)
-    recorded_sha = ate.get("sha256")
-    if recorded_sha and vae.sha256 != recorded_sha:
+    if recorded is not None and vae.sha256 != recorded.sha256:
         raise ConfigError(source, "inference.guidance_vae",
                           f"{path} (sha256 {vae.sha256[:12]}) is not the VAE this checkpoint was fine-tuned with "
-                          f"(sha256 {str(recorded_sha)[:12]}, {ate.get('path')})")
-    inference = ate.get("inference") if isinstance(ate.get("inference"), dict) else {}
-    defaults = GuidanceConfig()
-    gcfg = GuidanceConfig(
-        vae=path, scale=float(ate.get("scale", defaults.scale)), clamp=float(ate.get("clamp", defaults.clamp)),
-        latent_target=str(ate.get("latent_target", defaults.latent_target)),
-        inference=InferenceGuidanceConfig(
-            enabled=True, scale=float(cfg.guidance_scale),
-            target=str(inference.get("target", defaults.inference.target)),
-            last_fraction=float(inference.get("last_fraction", defaults.inference.last_fraction))))
+                          f"(sha256 {recorded.sha256[:12]}, {recorded.path})")
+    settings = recorded.settings() if recorded is not None else GuidanceConfig()
+    gcfg = dataclasses.replace(settings, vae=path, inference=dataclasses.replace(
+        settings.inference, enabled=True, scale=float(cfg.guidance_scale)))
     guidance = LatentGuidance.from_checkpoint(vae, gcfg)
     guidance.check_compatible(loaded.config, loaded.action_space, loaded.stats, loaded.norm_mode,
                               "inference.guidance_vae")

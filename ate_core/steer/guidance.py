@@ -47,10 +47,14 @@ from typing import Any, Dict, Mapping, Optional
 import numpy as np
 import torch
 
+from ate_core.align.checkpoint import LoadedVAE
+from ate_core.align.latent_stats import LatentStats
 from ate_core.align.modeling_vae import ActionChunkVAE
 from ate_core.config import ConfigError
+from ate_core.data.spaces import NormStats, UnifiedActionSpace
 from ate_core.policy.base import Batch, DenoiseStep, Policy, StepHook, TrainingTerms, denoising_loss
 from ate_core.steer.config import GuidanceConfig
+from ate_core.steer.record import GuidanceRecord
 
 __all__ = ["LatentGuidance", "guidance_coefficient", "latent_log_likelihood", "latent_gradient",
            "VELOCITY_DENOMINATOR_FLOOR"]
@@ -103,28 +107,28 @@ class LatentGuidance:
     """
 
     def __init__(self, vae: ActionChunkVAE, config: GuidanceConfig, *,
-                 latent_stats: Any = None, source: Mapping[str, Any] | None = None) -> None:
+                 latent_stats: Optional[LatentStats] = None, checkpoint: Optional[LoadedVAE] = None) -> None:
         self.vae = vae.eval()
         for p in self.vae.parameters():
             p.requires_grad_(False)
         self.config = config
         self.latent_stats = latent_stats
-        self._source: Dict[str, Any] = dict(source or {})
+        self.checkpoint = checkpoint
+        # The model space the VAE's chunks live in, checked against the policy's (None: unknown).
+        self.norm_stats: Optional[Dict[str, Dict[str, NormStats]]] = None
+        self.norm_mode: Optional[str] = None
+        self.action_space: Optional[UnifiedActionSpace] = None
+        if checkpoint is not None:
+            self.norm_stats, self.norm_mode = checkpoint.norm_stats, checkpoint.norm_mode
+            self.action_space = checkpoint.action_space
 
     @classmethod
-    def from_checkpoint(cls, loaded: Any, config: GuidanceConfig) -> "LatentGuidance":
+    def from_checkpoint(cls, loaded: LoadedVAE, config: GuidanceConfig) -> "LatentGuidance":
         """From :func:`ate_core.align.checkpoint.load_vae`'s result (an adaptation VAE)."""
-        if getattr(loaded, "stage", None) != "ada":
-            raise ConfigError(str(getattr(loaded, "path", "vae")), "stage",
-                              f"guidance needs the adaptation VAE (stage 'ada'), this one is stage "
-                              f"{getattr(loaded, 'stage', None)!r}")
-        source = {"path": str(loaded.path), "sha256": loaded.sha256, "stage": loaded.stage,
-                  "vae_config": dataclasses.asdict(loaded.config)}
-        guidance = cls(loaded.vae, config, latent_stats=loaded.latent_stats, source=source)
-        guidance.norm_stats = loaded.norm_stats
-        guidance.norm_mode = loaded.norm_mode
-        guidance.action_space = loaded.action_space
-        return guidance
+        if loaded.stage != "ada":
+            raise ConfigError(str(loaded.path), "stage", f"guidance needs the adaptation VAE (stage 'ada'), "
+                                                         f"this one is stage {loaded.stage!r}")
+        return cls(loaded.vae, config, latent_stats=loaded.latent_stats, checkpoint=loaded)
 
     def to(self, device: torch.device | str) -> "LatentGuidance":
         self.vae.to(device)
@@ -132,27 +136,27 @@ class LatentGuidance:
 
     # ------------------------------------------------------------------------ compatibility
 
-    def check_compatible(self, policy_config: Any, action_space: Any, stats_by_embodiment: Mapping[str, Any],
-                         norm_mode: str, source: str = "ate.vae") -> None:
+    def check_compatible(self, policy_config: Any, action_space: Optional[UnifiedActionSpace],
+                         stats_by_embodiment: Mapping[str, Mapping[str, NormStats]], norm_mode: str,
+                         source: str = "ate.vae") -> None:
         """The VAE must see exactly the policy's model space: chunk shape, slot layout and the
         normalisation of every embodiment both know. Raises :class:`ConfigError` naming the part."""
         vcfg = self.vae.config
-        where = self._source.get("path", source)
+        where = source if self.checkpoint is None else str(self.checkpoint.path)
         if (vcfg.horizon, vcfg.action_width) != (policy_config.horizon, policy_config.action_width):
             raise ConfigError(where, "horizon", f"the VAE encodes chunks of {vcfg.horizon} x {vcfg.action_width}; "
                                                 f"the policy's are {policy_config.horizon} x "
                                                 f"{policy_config.action_width}")
-        mine = getattr(self, "action_space", None)
+        mine = self.action_space
         if mine is not None and action_space is not None:
             for emb in set(mine.embodiments) & set(action_space.embodiments):
                 if tuple(mine.slots(emb)) != tuple(action_space.slots(emb)):
                     raise ConfigError(where, "action_space", f"embodiment {emb!r} uses other unified slots "
                                                              "in the VAE than in the policy")
-        vae_mode = getattr(self, "norm_mode", None)
-        if vae_mode is not None and vae_mode != norm_mode:
-            raise ConfigError(where, "norm_mode", f"the VAE was trained on {vae_mode!r} normalised chunks, "
+        if self.norm_mode is not None and self.norm_mode != norm_mode:
+            raise ConfigError(where, "norm_mode", f"the VAE was trained on {self.norm_mode!r} normalised chunks, "
                                                   f"the policy uses {norm_mode!r}")
-        for emb, stats in (getattr(self, "norm_stats", None) or {}).items():
+        for emb, stats in (self.norm_stats or {}).items():
             if emb not in stats_by_embodiment:
                 continue
             ours, theirs = stats["action"], stats_by_embodiment[emb]["action"]
@@ -165,9 +169,13 @@ class LatentGuidance:
                     raise ConfigError(where, "norm_stats", f"action {name} of {emb!r} differs from the "
                                                            "fine-tuning data's: train the VAE on the same data")
 
-    def record(self) -> Dict[str, Any]:
+    def record(self) -> GuidanceRecord:
         """What a fine-tuned checkpoint stores about the guidance that shaped it."""
-        return {**self._source, **dataclasses.asdict(self.config)}
+        if self.checkpoint is None:
+            raise ValueError("only guidance loaded from a VAE checkpoint (from_checkpoint) can be recorded")
+        settings = {f.name: getattr(self.config, f.name) for f in dataclasses.fields(GuidanceConfig)}
+        return GuidanceRecord(**settings, path=str(self.checkpoint.path), sha256=self.checkpoint.sha256,
+                              stage=self.checkpoint.stage, vae_config=self.checkpoint.config)
 
     # ------------------------------------------------------------------------ fine-tuning
 
@@ -208,7 +216,8 @@ class LatentGuidance:
             return None
         stats = self.latent_stats
         if stats is None:
-            raise ConfigError(self._source.get("path", "ate.vae"), "latent_stats",
+            where = "ate.vae" if self.checkpoint is None else str(self.checkpoint.path)
+            raise ConfigError(where, "latent_stats",
                               "inference guidance needs the adaptation latent statistics in the VAE checkpoint")
         clamp = self.config.clamp
 
@@ -228,9 +237,9 @@ class LatentGuidance:
 
         return hook
 
-    def _inference_target(self, x: torch.Tensor, mask: torch.Tensor, stats: Any, kind: str) -> torch.Tensor:
+    def _inference_target(self, x: torch.Tensor, mask: torch.Tensor, stats: LatentStats, kind: str) -> torch.Tensor:
         mean = stats.mean.to(x.device, x.dtype)
-        if kind == "mean" or getattr(stats, "bank_mean", None) is None:
+        if kind == "mean":
             return mean.expand(x.shape[0], *mean.shape)
         bank = stats.bank_mean.to(x.device, x.dtype)  # [N, L, d]
         with torch.no_grad():

@@ -1,33 +1,13 @@
-"""Training: pre-training and fine-tuning from YAML, checkpoints, EMA, resume, torchrun.
+"""The training base: what every learning stage runs on, and the policy's own training.
 
-``ate_train --config config/train_diffusion.yaml`` (:mod:`ate_core.train.cli`) is the entry
-point; :func:`train` is the same loop as a function. ``ate_finetune`` (:mod:`.finetune_cli`,
-:mod:`.finetune`) runs it on a pre-trained checkpoint with the plain or the ATE-guided loss. Checkpoints (:mod:`.checkpoint`) are
-safetensors + JSON in LeRobot's layout, and :func:`load_pretrained` is how inference and replay
-get a policy back. Runtime code imports only :mod:`.checkpoint`, which needs no training code.
+``ate_train --config config/train_diffusion.yaml`` (:mod:`.cli`) pre-trains a policy, or
+continues one from a checkpoint, with :func:`.trainer.train`: one loop (EMA, warm-up + cosine,
+resume, torchrun) over the data sets and per-embodiment statistics of :mod:`.datasets`, with
+training checkpoints (:mod:`.checkpoint`) in LeRobot's layout. The stages above build on it:
+alignment (:mod:`ate_core.align`) reuses its configs, schedule and checkpoint folders, and
+fine-tuning with guidance (:mod:`ate_core.steer`) runs this same loop with a guided loss. Every
+stage's command line ends through :func:`.stage.run_stage` (one error line, one exit status).
+
+Nothing here imports a later stage; inference loads checkpoints through
+:mod:`ate_core.policy.pretrained` and needs no training code.
 """
-
-from ate_core.policy.pretrained import CheckpointError, LoadedPolicy, load_pretrained, save_pretrained
-from ate_core.train.config import DatasetConfig, EmaConfig, PolicySection, TrainConfig, load_train_config
-
-__all__ = [
-    "CheckpointError",
-    "LoadedPolicy",
-    "load_pretrained",
-    "save_pretrained",
-    "DatasetConfig",
-    "EmaConfig",
-    "PolicySection",
-    "TrainConfig",
-    "load_train_config",
-    "train",
-    "TrainResult",
-]
-
-
-def __getattr__(name: str):  # the loop (DataLoader, tqdm, matplotlib) loads only when asked for
-    if name in ("train", "TrainResult"):
-        from ate_core.train import trainer
-
-        return getattr(trainer, name)
-    raise AttributeError(name)

@@ -10,10 +10,10 @@ robot loads it without importing training code); this module adds ``training_sta
       000500/
         pretrained_model/              what a robot loads (load_pretrained)
           config.json                  format, version, policy type and config, embodiment,
-                                       norm mode, unified action layout, training config,
-                                       SHA-256 of the two tensor files
+                                       norm mode, unified action layout, training config
           model.safetensors            the deployed weights (the EMA average when EMA is on)
           stats.safetensors            normalisation stats, "<embodiment>/<state|action>/<mean|std|min|max>"
+          manifest.json                SHA-256 and size of every other file, written last
         training_state/                what resuming needs (load_training_state)
           online_model.safetensors     the raw weights the optimiser updates
           optimizer.safetensors        optimiser state tensors, "state/<param index>/<name>"
@@ -21,6 +21,7 @@ robot loads it without importing training code); this module adds ``training_sta
           scheduler.json               learning-rate scheduler state
           rng_state.safetensors        torch / numpy / python RNG states of every rank
           training_step.json           step, epoch position, EMA step, world size, batch size
+          manifest.json                as in pretrained_model/ (:mod:`ate_core.io.manifest`)
       last -> 000500                   a relative symlink (a text file naming it where links fail)
 
 A checkpoint directory is written under a temporary name and renamed when complete, so a crash
@@ -31,7 +32,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
@@ -40,34 +40,22 @@ import numpy as np
 import torch
 from torch import nn
 
-from ate_core.durable_io import fsync_dir as _fsync_dir
+from ate_core.io import (CheckpointError, atomic_dir, checkpoint_dir, json_safe, point_last,
+                         read_json, read_tensors, verify_manifest, write_json, write_manifest, write_tensors)
 from ate_core.policy.base import Policy
-from ate_core.policy.pretrained import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, LAST_LINK, PRETRAINED_DIR,
-                                        TRAINING_STATE_DIR, CheckpointError, LoadedPolicy, StatsByEmbodiment,
-                                        _check_state, _plain, _read_json, _read_tensors,
-                                        _replace_dir, _temp_dir_beside, _write_json, _write_pretrained,
-                                        _write_tensors, latest_checkpoint, load_pretrained,
-                                        read_pretrained_config, save_pretrained)
+from ate_core.policy.pretrained import PRETRAINED_DIR, StatsByEmbodiment, load_weights, save_pretrained
 
 __all__ = [
-    "CheckpointError",
-    "CHECKPOINT_FORMAT",
-    "CHECKPOINT_VERSION",
-    "LoadedPolicy",
     "TrainingStateInfo",
-    "save_pretrained",
-    "load_pretrained",
-    "read_pretrained_config",
     "save_training_state",
     "load_training_state",
     "save_checkpoint",
-    "latest_checkpoint",
-    "checkpoint_dir",
     "capture_rng_state",
     "restore_rng_state",
-    "PRETRAINED_DIR",
     "TRAINING_STATE_DIR",
 ]
+
+TRAINING_STATE_DIR = "training_state"
 
 ONLINE_MODEL_FILE = "online_model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -134,23 +122,22 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> Tuple[Dict[str, torc
                 tensors[f"state/{pid}/{name}"] = value
             else:
                 scalars[f"state/{pid}/{name}"] = value
-    groups = [_plain(g) for g in sd["param_groups"]]
+    groups = [json_safe(g) for g in sd["param_groups"]]
     return tensors, {"param_groups": groups, "state_scalars": scalars}
 
 
 def _write_training_state(directory: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer,
                           scheduler: Any, step: int, rng_by_rank: Mapping[int, Mapping[str, torch.Tensor]],
                           info: Mapping[str, Any]) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    _write_tensors(directory / ONLINE_MODEL_FILE, model.state_dict())
+    write_tensors(directory / ONLINE_MODEL_FILE, model.state_dict())
     tensors, groups = _optimizer_tensors(optimizer)
-    _write_tensors(directory / OPTIMIZER_FILE, tensors)
-    _write_json(directory / PARAM_GROUPS_FILE, groups)
-    sched = {} if scheduler is None else {k: _plain(v) for k, v in scheduler.state_dict().items()}
-    _write_json(directory / SCHEDULER_FILE, sched)
-    _write_tensors(directory / RNG_FILE, {f"rank{r}/{k}": v for r, s in rng_by_rank.items() for k, v in s.items()})
-    _write_json(directory / STEP_FILE, {"step": int(step), **_plain(dict(info))})
-    _fsync_dir(directory)
+    write_tensors(directory / OPTIMIZER_FILE, tensors)
+    write_json(directory / PARAM_GROUPS_FILE, groups)
+    sched = {} if scheduler is None else {k: json_safe(v) for k, v in scheduler.state_dict().items()}
+    write_json(directory / SCHEDULER_FILE, sched)
+    write_tensors(directory / RNG_FILE, {f"rank{r}/{k}": v for r, s in rng_by_rank.items() for k, v in s.items()})
+    write_json(directory / STEP_FILE, {"step": int(step), **json_safe(dict(info))})
+    write_manifest(directory)
 
 
 def save_training_state(directory: Union[str, os.PathLike], *, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -159,21 +146,11 @@ def save_training_state(directory: Union[str, os.PathLike], *, model: nn.Module,
                         info: Optional[Mapping[str, Any]] = None) -> Path:
     """Write the resumable state (atomic). ``rng_by_rank`` defaults to this process's RNG as rank 0."""
     final = Path(directory)
-    tmp = _temp_dir_beside(final)
-    try:
+    with atomic_dir(final) as tmp:
         _write_training_state(tmp, model=model, optimizer=optimizer, scheduler=scheduler, step=step,
                               rng_by_rank=rng_by_rank if rng_by_rank is not None else {0: capture_rng_state()},
                               info=info or {})
-        _replace_dir(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final
-
-
-def _load_state_into(path: Path, module: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
-    _check_state(path, state, module.state_dict())
-    module.load_state_dict(state, strict=True)
 
 
 def load_training_state(directory: Union[str, os.PathLike], *, model: nn.Module,
@@ -181,20 +158,22 @@ def load_training_state(directory: Union[str, os.PathLike], *, model: nn.Module,
     """Load weights, optimiser and scheduler state in place from a ``training_state`` dir.
 
     ``directory`` may also be the step folder that holds it. The RNG states are returned (the
-    caller restores its own rank's, see :func:`restore_rng_state`), not applied.
+    caller restores its own rank's, see :func:`restore_rng_state`), not applied. The manifest is
+    checked before any file is read.
     """
     path = Path(directory)
     if (path / TRAINING_STATE_DIR).is_dir():
         path = path / TRAINING_STATE_DIR
     if not path.is_dir():
         raise CheckpointError(f"{path}: training state not found")
-    step_info = _read_json(path / STEP_FILE)
+    verify_manifest(path)
+    step_info = read_json(path / STEP_FILE)
     if not isinstance(step_info, dict) or not isinstance(step_info.get("step"), int):
         raise CheckpointError(f"{path / STEP_FILE}: step: missing or not an integer")
-    _load_state_into(path / ONLINE_MODEL_FILE, model, _read_tensors(path / ONLINE_MODEL_FILE))
+    load_weights(path / ONLINE_MODEL_FILE, model, read_tensors(path / ONLINE_MODEL_FILE))
 
-    tensors = _read_tensors(path / OPTIMIZER_FILE)
-    groups = _read_json(path / PARAM_GROUPS_FILE)
+    tensors = read_tensors(path / OPTIMIZER_FILE)
+    groups = read_json(path / PARAM_GROUPS_FILE)
     if not isinstance(groups, dict) or not isinstance(groups.get("param_groups"), list):
         raise CheckpointError(f"{path / PARAM_GROUPS_FILE}: param_groups: missing")
     state: Dict[int, Dict[str, Any]] = {}
@@ -215,7 +194,7 @@ def load_training_state(directory: Union[str, os.PathLike], *, model: nn.Module,
         raise CheckpointError(f"{path / OPTIMIZER_FILE}: does not fit the optimiser ({e})") from None
 
     if scheduler is not None:
-        sched = _read_json(path / SCHEDULER_FILE)
+        sched = read_json(path / SCHEDULER_FILE)
         if not isinstance(sched, dict):
             raise CheckpointError(f"{path / SCHEDULER_FILE}: expected a JSON object")
         try:
@@ -223,7 +202,7 @@ def load_training_state(directory: Union[str, os.PathLike], *, model: nn.Module,
         except (ValueError, KeyError, TypeError) as e:
             raise CheckpointError(f"{path / SCHEDULER_FILE}: does not fit the scheduler ({e})") from None
 
-    rng_raw = _read_tensors(path / RNG_FILE)
+    rng_raw = read_tensors(path / RNG_FILE)
     rng_by_rank: Dict[int, Dict[str, torch.Tensor]] = {}
     for key, value in rng_raw.items():
         rank, _, name = key.partition("/")
@@ -238,40 +217,15 @@ def load_training_state(directory: Union[str, os.PathLike], *, model: nn.Module,
 # A whole training checkpoint
 
 
-def checkpoint_dir(output_dir: Union[str, os.PathLike], step: int) -> Path:
-    return Path(output_dir) / "checkpoints" / f"{step:06d}"
-
-
 def save_checkpoint(output_dir: Union[str, os.PathLike], step: int, *, deploy_model: Policy, online_model: nn.Module,
                     optimizer: torch.optim.Optimizer, scheduler: Any, stats: StatsByEmbodiment,
                     meta: Mapping[str, Any], rng_by_rank: Mapping[int, Mapping[str, torch.Tensor]],
                     info: Mapping[str, Any]) -> Path:
     """Write ``checkpoints/<step>/{pretrained_model,training_state}`` atomically, then move ``last``."""
     final = checkpoint_dir(output_dir, step)
-    tmp = _temp_dir_beside(final)
-    try:
-        _write_pretrained(tmp / PRETRAINED_DIR, deploy_model, stats, meta)
-        _write_training_state(tmp / TRAINING_STATE_DIR, model=online_model, optimizer=optimizer,
-                              scheduler=scheduler, step=step, rng_by_rank=rng_by_rank, info=info)
-        _fsync_dir(tmp)
-        _replace_dir(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    _point_last(final)
+    with atomic_dir(final) as tmp:
+        save_pretrained(tmp / PRETRAINED_DIR, deploy_model, stats, meta)
+        save_training_state(tmp / TRAINING_STATE_DIR, model=online_model, optimizer=optimizer, scheduler=scheduler,
+                            step=step, rng_by_rank=rng_by_rank, info=info)
+    point_last(final)
     return final
-
-
-def _point_last(target: Path) -> None:
-    link = target.parent / LAST_LINK
-    tmp = target.parent / f".{LAST_LINK}.tmp-{os.getpid()}"
-    if tmp.exists() or tmp.is_symlink():
-        tmp.unlink()
-    try:
-        os.symlink(target.name, tmp, target_is_directory=True)
-    except (OSError, NotImplementedError):
-        tmp.write_text(target.name + "\n", encoding="utf-8")
-    if link.is_dir() and not link.is_symlink():
-        shutil.rmtree(link)
-    os.replace(tmp, link)
-    _fsync_dir(target.parent)

@@ -32,6 +32,7 @@ __all__ = [
     "train_config_to_dict",
     "parse_overrides",
     "apply_overrides",
+    "overridden",
     "load_yaml_config",
     "positive_int",
     "non_negative_int",
@@ -214,7 +215,6 @@ def train_config_to_dict(cfg: TrainConfig) -> Dict[str, Any]:
     return out
 
 
-
 def parse_overrides(items: Sequence[str], source: str = "--set") -> Dict[str, Any]:
     """``["steps=2000", "dataset.roots=[a, b]"]`` -> ``{"steps": 2000, "dataset.roots": ["a", "b"]}``.
 
@@ -251,6 +251,12 @@ def apply_overrides(data: Mapping[str, Any], overrides: Mapping[str, Any],
     return out
 
 
+def overridden(key: str, overrides: Mapping[str, Any]) -> bool:
+    """Whether the config value at ``key`` (``ate.vae``, ``dataset.roots[0]``) was set by one of
+    ``overrides``: an error about it then names the command line, not the file."""
+    return bool(key) and any(key == k or key.startswith(k + ".") or key.startswith(k + "[") for k in overrides)
+
+
 def load_yaml_config(path: Union[str, os.PathLike], build: Callable[[Dict[str, Any], str], T],
                      overrides: Optional[Mapping[str, Any]] = None, override_source: str = "--set") -> T:
     """Read a YAML mapping, apply dotted-key overrides and ``build(data, source)`` the config.
@@ -268,8 +274,7 @@ def load_yaml_config(path: Union[str, os.PathLike], build: Callable[[Dict[str, A
     try:
         return build(merged, source)
     except ConfigError as e:
-        if e.key and any(e.key == k or e.key.startswith(k + ".") or e.key.startswith(k + "[")
-                         for k in overrides):
+        if overridden(e.key, overrides):
             raise ConfigError(override_source, e.key, e.message) from None
         raise
 

@@ -36,15 +36,19 @@ from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler, Samp
 
 from ate_core.config import ConfigError
 from ate_core.policy import factory
+from ate_core.io import checkpoint_dir, latest_checkpoint
 from ate_core.policy.base import Batch, Policy
-from ate_core.data.spaces import NormStats, UnifiedActionSpace, default_action_space
+from ate_core.policy.pretrained import LoadedPolicy, load_pretrained, read_pretrained_config
+from ate_core.data.spaces import UnifiedActionSpace, default_action_space
 from ate_core.train import checkpoint as ckpt
 from ate_core.train.config import PolicySection, TrainConfig, train_config_to_dict
+from ate_core.train.datasets import dataset_embodiment, open_datasets, stats_by_embodiment
 from ate_core.train.distributed import (DistInfo, all_reduce_mean, barrier, dist_info, distributed,
                                         gather_digests, resolve_device, state_digest, wrap_model)
 from ate_core.train.ema import EMAModel
+from ate_core.train.stage import TrainingError
 
-__all__ = ["train", "TrainResult", "TrainingError", "LossFn", "policy_conflicts", "check_policy_section",
+__all__ = ["train", "TrainResult", "LossFn", "policy_conflicts", "check_policy_section",
            "resolve_policy_source", "METRICS_FILE", "LOSS_PLOT_FILE", "SUMMARY_FILE"]
 
 METRICS_FILE = "metrics.jsonl"
@@ -53,10 +57,6 @@ SUMMARY_FILE = "train_summary.json"
 
 #: loss_fn(policy, batch) -> scalar loss; the default is ``policy.compute_loss(batch)``.
 LossFn = Callable[[Policy, Batch], torch.Tensor]
-
-
-class TrainingError(RuntimeError):
-    """Training cannot start or cannot go on (no data, nothing to resume, a diverged loss)."""
 
 
 @dataclass(frozen=True)
@@ -110,43 +110,6 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch) % 2**63
 
 
-def _open_datasets(cfg: TrainConfig, policy_cfg: Any, source: str) -> List[Any]:
-    from ate_core.data import EpisodeDataset
-
-    out = []
-    for root in cfg.dataset.roots:
-        if not Path(root).exists():
-            raise ConfigError(source, "dataset.roots", f"{root}: no such dataset folder")
-        out.append(EpisodeDataset(root, horizon=policy_cfg.horizon, n_obs_steps=policy_cfg.n_obs_steps,
-                                  cameras=tuple(policy_cfg.cameras),
-                                  episodes=list(cfg.dataset.episodes) if cfg.dataset.episodes else None))
-    return out
-
-
-def _dataset_embodiment(dataset: Any) -> str:
-    value = getattr(dataset, "embodiment", None)
-    if isinstance(value, str) and value:
-        return value
-    raise TrainingError(f"{getattr(dataset, 'root', dataset)}: the dataset does not record its embodiment")
-
-
-def _compute_stats(datasets: Sequence[Any], embodiments: Sequence[str]) -> Dict[str, Dict[str, NormStats]]:
-    """Normalisation stats per embodiment, over every step of every dataset of that embodiment."""
-    from ate_core.data.stats import compute_stats
-
-    by_emb: Dict[str, List[Any]] = {}
-    for ds, emb in zip(datasets, embodiments):
-        by_emb.setdefault(emb, []).append(ds)
-    out: Dict[str, Dict[str, NormStats]] = {}
-    for emb, group in by_emb.items():
-        if len(group) == 1:
-            out[emb] = dict(compute_stats(group[0]))
-        else:  # the same statistics compute_stats takes, over the union of the datasets
-            out[emb] = {"state": NormStats.from_data(np.concatenate([ds.states() for ds in group])),
-                        "action": NormStats.from_data(np.concatenate([ds.actions() for ds in group]))}
-    return out
-
-
 # ---------------------------------------------------------------------------------------------
 # Policy source: a fresh config, a checkpoint to fine-tune, or the run's own checkpoint
 
@@ -154,7 +117,7 @@ def _compute_stats(datasets: Sequence[Any], embodiments: Sequence[str]) -> Dict[
 def resolve_policy_source(cfg: TrainConfig) -> Tuple[str, Optional[Path]]:
     """("scratch" | "init_from" | "resume", checkpoint step folder or None)."""
     if cfg.resume:
-        last = ckpt.latest_checkpoint(Path(cfg.output_dir) / "checkpoints")
+        last = latest_checkpoint(Path(cfg.output_dir) / "checkpoints")
         if last is None:
             raise TrainingError(f"resume: {cfg.output_dir} has no checkpoints/last to resume from")
         return "resume", last
@@ -192,7 +155,7 @@ def check_policy_section(cfg: TrainConfig, source: str = "train config") -> None
     kind, path = resolve_policy_source(cfg)
     if kind == "scratch":
         return
-    _, raw, policy_type, config = ckpt.read_pretrained_config(path)
+    _, raw, policy_type, config = read_pretrained_config(path)
     if raw.get("norm_mode") != cfg.norm_mode:
         raise ConfigError(source, "norm_mode", f"{cfg.norm_mode!r} here, but the checkpoint ({path}) was trained "
                                                f"with {raw.get('norm_mode')!r}")
@@ -329,7 +292,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, loss_fn: Optional[LossFn] 
 
 #: config.json / train_summary.json keys the trainer owns (see ate_core.policy.pretrained).
 _RESERVED_META = frozenset({"format", "version", "policy_type", "policy", "embodiment", "embodiments", "norm_mode",
-                            "action_space", "train", "files", "steps", "start_step", "last_checkpoint",
+                            "action_space", "train", "steps", "start_step", "last_checkpoint",
                             "final_loss", "world_size", "weights_sha256_by_rank", "ranks_in_sync", "loss_png",
                             "fps"})
 
@@ -365,23 +328,23 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device, *, progress: 
     local_batch = cfg.batch_size // info.world_size
     kind, ckpt_path = resolve_policy_source(cfg)
     if kind != "resume" and (output_dir / "checkpoints").is_dir() and \
-            ckpt.latest_checkpoint(output_dir / "checkpoints") is not None:
+            latest_checkpoint(output_dir / "checkpoints") is not None:
         raise TrainingError(f"{output_dir} already holds checkpoints; set resume: true to continue that run "
                             "or choose another output_dir")
     check_policy_section(cfg, source)
 
     # -- policy config and, for fine-tuning / resuming, the stored weights and stats
-    loaded: Optional[ckpt.LoadedPolicy] = None
+    loaded: Optional[LoadedPolicy] = None
     if kind == "scratch":
         assert cfg.policy is not None
         policy_type, policy_cfg = cfg.policy.type, cfg.policy.config
     else:
-        loaded = ckpt.load_pretrained(ckpt_path)
+        loaded = load_pretrained(ckpt_path)
         policy_type, policy_cfg = loaded.policy_type, loaded.config
 
     # -- data
-    datasets = _open_datasets(cfg, policy_cfg, source)
-    embodiments = [_dataset_embodiment(ds) for ds in datasets]
+    datasets = open_datasets(cfg, policy_cfg, source)
+    embodiments = [dataset_embodiment(ds) for ds in datasets]
     space: UnifiedActionSpace = loaded.action_space if loaded is not None else \
         default_action_space(policy_cfg.action_width)
     for root, emb in zip(cfg.dataset.roots, embodiments):
@@ -397,7 +360,7 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device, *, progress: 
             raise TrainingError(f"resume: the checkpoint has no stats for embodiment(s) {missing}")
     else:
         stats = {} if loaded is None else {k: dict(v) for k, v in loaded.stats.items()}
-        stats.update(_compute_stats(datasets, embodiments))
+        stats.update(stats_by_embodiment(datasets, embodiments))
     if target_embodiment not in stats:
         raise ConfigError(source, "embodiment", f"{target_embodiment!r}: no dataset of this embodiment and no "
                                                 f"stats for it in the checkpoint (has: {sorted(stats)})")
@@ -474,7 +437,7 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device, *, progress: 
 
     def save(step: int, epoch: int, offset: int) -> Path:
         rngs = _gather_rng(info, device)  # a collective: every rank takes part
-        path = ckpt.checkpoint_dir(output_dir, step)
+        path = checkpoint_dir(output_dir, step)
         if info.is_main:
             path = ckpt.save_checkpoint(
                 output_dir, step, deploy_model=ema.averaged_model if ema is not None else policy,

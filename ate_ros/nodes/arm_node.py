@@ -35,7 +35,7 @@ from ate_ros.diagnostics import ERROR, OK, STALE, WARN, diagnostic_array, diagno
 from ate_ros.drivers.realman_arm import ArmState, Link, RealManArm
 from ate_ros.drivers.realman_sdk import describe_error
 from ate_ros.node_host import run_nodes
-from ate_ros.params import declare_config
+from ate_ros.params import declare_config, declare_fixed
 from ate_ros.realtime import raise_process_to_fifo
 from diagnostic_msgs.msg import DiagnosticArray
 
@@ -56,9 +56,10 @@ class ArmNode(Node):
         # (`-r __ns:=/right_arm -p arm:=right`); launch and bringup set both.
         namespace = kwargs.pop("namespace", None) or (f"/{side}_arm" if side else None)
         super().__init__("arm_driver", namespace=namespace, **kwargs)
-        side = self.declare_parameter("arm", side or "left").value
-        use_sim = self.declare_parameter("sim", bool(sim)).value
-        cfg = config if config is not None else declare_config(self)
+        side = declare_fixed(self, "arm", side or "left", "which arm this driver commands: left | right")
+        use_sim = declare_fixed(self, "sim", bool(sim), "drive the arm's emulated controller (config sim.arms)")
+        cfg = config if config is not None else declare_config(
+            self, (f"arms.{side}", "gripper", "topics", *([f"sim.arms.{side}"] if use_sim else [])))
         if use_sim:
             cfg = simulated(cfg)
         if side not in ("left", "right"):

@@ -31,7 +31,7 @@ from ate_ros.diagnostics import ERROR, OK, WARN, diagnostic_array, diagnostic_st
 from ate_ros.drivers.camera_sources import CameraError, CameraSource, Frame, open_source
 from ate_ros.images import rgb_to_image, rgb_to_jpeg
 from ate_ros.node_host import run_nodes
-from ate_ros.params import declare_config
+from ate_ros.params import declare_config, declare_fixed
 
 T = TypeVar("T")
 
@@ -74,11 +74,12 @@ class CameraNode(Node):
         if camera is None:
             camera = _startup_value(lambda n: n.declare_parameter("camera", "head").value, **kwargs)
         super().__init__(f"{camera}_camera", **kwargs)
-        self.declare_parameter("camera", camera)
-        use_sim = self.declare_parameter("sim", bool(sim)).value
+        declare_fixed(self, "camera", camera, "which configured camera (config cameras.<name>) this node publishes")
+        use_sim = declare_fixed(self, "sim", bool(sim), "publish the simulated scene instead of the device")
         self._thread: Optional[threading.Thread] = None
         self._stop = threading.Event()
-        cfg = config if config is not None else declare_config(self)
+        cfg = config if config is not None else declare_config(
+            self, (f"cameras.{camera}", "topics"))
         if use_sim:
             cfg = simulated(cfg)  # every camera shows the simulated scene
         if camera not in cfg.cameras:
@@ -208,8 +209,9 @@ def main(args: Optional[Sequence[str]] = None) -> None:
 def main_all(args: Optional[Sequence[str]] = None) -> None:
     """``ros2 run ate_ros camera_nodes``: every configured camera in one process."""
     def make_nodes():
-        cfg, sim = _startup_value(lambda n: (declare_config(n),
-                                             n.declare_parameter("sim", False).value))
+        cfg, sim = _startup_value(lambda n: (declare_config(n, ("cameras", "topics")),
+                                             declare_fixed(n, "sim", False, "publish the simulated scene "
+                                                                            "instead of the devices")))
         return [CameraNode(name, cfg, sim=sim) for name in cfg.cameras]
 
     run_nodes(make_nodes, args)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import JointState
@@ -19,20 +18,19 @@ from ate_core.robot.config import BimanualConfig
 from ate_core.runtime.joint_states import JointStateMerger, JointStateRejected
 from ate_ros.conversions import joint_state_to_sample, sample_to_joint_state
 from ate_ros.node_host import run_nodes
-from ate_ros.params import declare_config
+from ate_ros.params import declare_config, declare_fixed
 
 
 class JointStateAggregator(Node):
     def __init__(self, config: Optional[BimanualConfig] = None, **kwargs) -> None:
         super().__init__("joint_state_aggregator", **kwargs)
-        cfg = config if config is not None else declare_config(self)
+        cfg = config if config is not None else declare_config(self, ("arms", "topics"))
         sources = {side: (*arm.joint_names, arm.gripper_joint) for side, arm in cfg.arms.items()}
         self._merger = JointStateMerger(sources)
         self._rejected = 0
         self._fresh = False
-        rate = float(self.declare_parameter(
-            "publish_rate_hz", 50.0,
-            ParameterDescriptor(description="merged-state rate (0: on every arm state)")).value)
+        rate = float(declare_fixed(self, "publish_rate_hz", 50.0,
+                                   "merged-state rate in Hz (0: on every arm state)"))
         if not rate >= 0.0:
             raise ValueError(f"parameter publish_rate_hz: {rate} must be >= 0")
         self._every_input = rate == 0.0

@@ -20,10 +20,8 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections import deque
-from typing import Deque, Dict, Optional, Sequence
+from typing import Optional, Sequence
 
-import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
@@ -35,42 +33,13 @@ from ate_core.robot.config import BimanualConfig
 from ate_core.robot.from_config import layout_from_config
 from ate_core.runtime.chunk import ChunkRejected
 from ate_core.runtime.supervisor import Mode, Supervisor, TickOutput
+from ate_core.runtime.tick_timing import TickTiming
 from ate_ros.chunk_msgs import trajectory_to_chunk
 from ate_ros.conversions import ns_to_stamp
 from ate_ros.diagnostics import ERROR, OK, WARN, diagnostic_array, diagnostic_status
 from ate_ros.node_host import GIL_SWITCH_INTERVAL_S, run_nodes
 from ate_ros.params import declare_config
 from ate_ros.realtime import raise_process_to_fifo, raise_to_fifo
-
-
-class TickTiming:
-    """Start-to-start periods of the control loop and the ticks it missed."""
-
-    def __init__(self, period_ns: int, window: int = 6000) -> None:
-        self.period_ns = period_ns
-        self.periods_ns: Deque[int] = deque(maxlen=window)
-        self.ticks = 0
-        self.missed = 0
-        self._last: Optional[int] = None
-
-    def record(self, start_ns: int) -> None:
-        if self._last is not None:
-            period = start_ns - self._last
-            self.periods_ns.append(period)
-            self.missed += max(0, round(period / self.period_ns) - 1)
-        self._last = start_ns
-        self.ticks += 1
-
-    def summary(self) -> Dict[str, float]:
-        periods = np.array(self.periods_ns, dtype=np.float64) * 1e-6
-        if periods.size == 0:
-            return {"period_p50_ms": float("nan"), "period_p99_ms": float("nan"),
-                    "error_p99_ms": float("nan"), "ticks": self.ticks, "missed": self.missed}
-        error = np.abs(periods - self.period_ns * 1e-6)
-        return {"period_p50_ms": float(np.percentile(periods, 50)),
-                "period_p99_ms": float(np.percentile(periods, 99)),
-                "error_p99_ms": float(np.percentile(error, 99)),
-                "ticks": self.ticks, "missed": self.missed}
 
 
 class SupervisorNode(Node):
@@ -84,7 +53,8 @@ class SupervisorNode(Node):
         process leave it off."""
         super().__init__("supervisor", **kwargs)
         self._own_process = own_process
-        cfg = config if config is not None else declare_config(self)
+        cfg = config if config is not None else declare_config(
+            self, ("arms", "gripper", "topics", "supervisor"))
         self.cfg = cfg
         layout = layout_from_config(cfg)
         self.supervisor = Supervisor(layout, cfg.supervisor, cfg.gripper.max_opening_m,

@@ -1,63 +1,44 @@
 """Emulator of one RealMan 3rd-generation arm controller: JSON over TCP plus the UDP push.
 
-It answers what RealMan's Python SDK (`Robotic_Arm` 1.1.6) sends, with the reply names, keys
-and units the SDK parses (see the project's realman_protocol reference, section 1), so the
-driver runs the same code path against it as against the robot. Motion comes from the pure
-model in `arm_motion`; this module adds the sockets, the 5 ms clock, the command log and
-fault injection.
+RealMan's Python SDK connects to it as to a robot, so the driver runs the same code path in
+simulation and in tests as on the hardware. This module is the server: the sockets, the 5 ms
+clock that steps the motion and sends the push, the command log, and the process entry point
+(`ate_realman_emulator`, `python -m ate_ros.sim.realman_emulator`). What the controller answers
+is `realman_protocol`, how the arm moves `arm_motion`, and the faults it can be told to show
+`realman_faults`.
 
-Choices where the real controller's behaviour is not documented:
-- unknown commands are logged (a warning the first time per name) and answered
-  `{"command": <name>, "set_state": false, "emulator_unsupported": true}`, what a controller
-  that does not know the command plausibly says. SDK calls whose reply carries the request's
-  name then fail at once (-3, e.g. `rm_set_arm_pause`) instead of looking like a network
-  fault; calls that expect another name (e.g. `rm_get_joint_en_state`) still time out (-2);
-- Cartesian motion (`movel`, `movej_p`, `movec`, `moves`) is refused with
-  `receive_state: false` (no inverse kinematics here); `movep_canfd`/`movep_follow` are logged
-  and ignored (they have no reply to refuse with);
-- a refused `movej` target also answers `receive_state: false` and latches 0x1002;
-- completion events go to the connection that sent the command; a quick stop sends none, so a
-  blocking `rm_movej` interrupted by `set_arm_stop` ends in the SDK's -6 "stopped externally";
-- while "unresponsive" the controller is hung: commands are logged but neither executed nor
-  answered, and no completion events are sent (the UDP push goes on unless paused too);
-- the push goes out whenever it is enabled, with or without a TCP client (a configured target
-  IP is enough for the real controller), and includes `joint_speed` and `arm_current_status`
-  until `set_realtime_push` turns those custom items off.
-
-Fault injection from another process: start with `--control-port` and send text lines (one
-JSON reply line each) to that TCP port: `ping`, `drop`, `refuse on|off`, `push on|off`,
-`push_delay <ms>`, `error <code>` (decimal or 0x..), `clear_errors`, `unresponsive on|off`,
-`state`, `commands [name]`, `clear_commands`.
+The push goes out whenever it is enabled, with or without a TCP client (a configured target IP
+is enough for the real controller).
 """
 
 from __future__ import annotations
 
 import argparse
-import codecs
-import ipaddress
 import json
 import logging
-import math
-import selectors
 import signal
 import socket
 import sys
 import threading
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple, Union
+from dataclasses import asdict, replace
+from typing import IO, Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ate_core.robot.models import ArmModel, arm_model
+from ate_core.robot.models import PUSH_CYCLE_UNIT_S, ArmModel, arm_model, push_period_s
 from ate_ros.realtime import raise_to_fifo
 from ate_ros.signals import setting
-from ate_ros.sim.arm_motion import (
-    GRIPPER_DEFAULT_SPEED,
-    ArmMotion,
-    Arrival,
-    GripperMotion,
+from ate_ros.sim.arm_motion import Arrival
+from ate_ros.sim.realman_faults import ControlServer, Faults
+from ate_ros.sim.realman_protocol import (
+    ControllerProtocol,
+    Json,
+    JsonObjectStream,
+    PushConfig,
+    ReceivedCommand,
+    completion_event,
 )
 
 _LOG = logging.getLogger(__name__)
@@ -65,140 +46,11 @@ _LOG = logging.getLogger(__name__)
 DEFAULT_IP = "127.0.0.1"
 DEFAULT_TCP_PORT = 8080
 DEFAULT_PUSH_PORT = 8089
-#: The controller's base period: physics steps every 5 ms, the push every `cycle` steps.
-BASE_PERIOD_S = 0.005
-#: If the tick thread falls this many periods behind (a stalled process), it skips ahead
+#: If the tick thread falls this many push units behind (a stalled process), it skips ahead
 #: instead of bursting stale packets.
 MAX_CATCH_UP_TICKS = 20
 #: Socket timeouts that bound how long a thread takes to notice `stop()`.
 _POLL_S = 0.1
-#: A client that sends this much text without completing a JSON object is talking nonsense.
-_MAX_PENDING_CHARS = 1 << 20
-
-Json = Dict[str, Any]
-
-#: Pass-through commands: 3rd-gen controllers never answer them and the SDK awaits nothing,
-#: so not even a malformed one gets a refusal.
-_NO_REPLY = frozenset({"movej_canfd", "movej_follow", "movep_canfd", "movep_follow",
-                       "movev_canfd"})
-
-
-# ---- units on the wire ------------------------------------------------------------------------
-def _milli_deg(rad: Sequence[float]) -> List[int]:
-    """rad -> RealMan's 0.001 degree integers."""
-    return [int(round(math.degrees(float(x)) * 1000.0)) for x in rad]
-
-
-def _rad_from_milli_deg(values: Sequence[Any]) -> np.ndarray:
-    return np.radians(np.asarray([float(v) for v in values], dtype=float) / 1000.0)
-
-
-def _milli_rpm(rad_per_s: Sequence[float]) -> List[int]:
-    """rad/s (or rad/s^2) -> 0.001 RPM (RPM/s), the unit of get_joint_max_speed/acc."""
-    return [int(round(math.degrees(float(x)) / 6.0 * 1000.0)) for x in rad_per_s]
-
-
-# ---- stream framing -----------------------------------------------------------------------------
-class JsonObjectStream:
-    """Cuts a TCP byte stream into JSON objects.
-
-    The SDK ends each request with "\\r\\n" but sends `movec` pretty-printed over several
-    lines, so objects are delimited by balanced braces (outside strings), not by newlines.
-    `feed` returns parsed objects, and for text that is not a JSON object a `str` describing
-    what was skipped.
-    """
-
-    def __init__(self) -> None:
-        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._buf = ""
-
-    def feed(self, data: bytes) -> List[Union[Json, str]]:
-        self._buf += self._utf8.decode(data)
-        out: List[Union[Json, str]] = []
-        while True:
-            start = self._buf.find("{")
-            if start < 0:
-                junk = self._buf.strip()
-                if junk:
-                    out.append(f"skipped non-JSON text {junk[:80]!r}")
-                self._buf = ""
-                return out
-            junk = self._buf[:start].strip()
-            if junk:
-                out.append(f"skipped non-JSON text {junk[:80]!r}")
-            end = self._object_end(start)
-            if end < 0:
-                self._buf = self._buf[start:]
-                if len(self._buf) > _MAX_PENDING_CHARS:
-                    out.append(f"dropped {len(self._buf)} chars without a complete JSON object")
-                    self._buf = ""
-                return out
-            text = self._buf[start:end]
-            self._buf = self._buf[end:]
-            try:
-                obj = json.loads(text)
-            except ValueError as exc:
-                out.append(f"malformed JSON ({exc}): {text[:80]!r}")
-                continue
-            out.append(obj)
-
-    def _object_end(self, start: int) -> int:
-        depth = 0
-        in_string = False
-        escaped = False
-        buf = self._buf
-        for i in range(start, len(buf)):
-            c = buf[i]
-            if in_string:
-                if escaped:
-                    escaped = False
-                elif c == "\\":
-                    escaped = True
-                elif c == '"':
-                    in_string = False
-            elif c == '"':
-                in_string = True
-            elif c == "{":
-                depth += 1
-            elif c == "}":
-                depth -= 1
-                if depth == 0:
-                    return i + 1
-        return -1
-
-
-# ---- records ------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ReceivedCommand:
-    """One command as it arrived: what tests in this or another process assert on."""
-
-    name: str
-    payload: Json
-    mono_s: float
-    wall_s: float
-    connection: int
-    handled: bool
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
-
-
-@dataclass
-class PushConfig:
-    """The controller's realtime push settings (`get_realtime_push` / `set_realtime_push`).
-
-    `joint_speed` and `arm_current_status` are on by default so a driver gets the arm status
-    without configuring custom items.
-    """
-
-    port: int
-    ip: str = DEFAULT_IP
-    cycle: int = 1
-    enable: bool = True
-    force_coordinate: int = 0
-    custom: Dict[str, bool] = field(default_factory=lambda: {
-        "joint_speed": True, "lift_state": False, "expand_state": False,
-        "arm_current_status": True, "aloha_state": False})
 
 
 class _Connection:
@@ -233,9 +85,39 @@ class _Connection:
         self.sock.close()
 
 
-def _completion_event(device: int) -> Json:
-    return {"state": "current_trajectory_state", "trajectory_state": True, "device": device,
-            "trajectory_connect": 0}
+class CommandLog:
+    """Every received command: the newest `max_commands` in memory, and all of them appended to
+    a JSON-lines file once `open` is given a path. Thread-safe."""
+
+    def __init__(self, max_commands: int) -> None:
+        self._lock = threading.Lock()
+        self._commands: Deque[ReceivedCommand] = deque(maxlen=max_commands)
+        self._file: Optional[IO[str]] = None
+
+    def open(self, path: str) -> None:
+        with self._lock:
+            self._file = open(path, "a", encoding="utf-8")
+
+    def record(self, cmd: ReceivedCommand) -> None:
+        with self._lock:
+            self._commands.append(cmd)
+            if self._file is not None:
+                self._file.write(cmd.to_json() + "\n")
+                self._file.flush()
+
+    def commands(self, name: Optional[str] = None) -> List[ReceivedCommand]:
+        with self._lock:
+            return [c for c in self._commands if name is None or c.name == name]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._commands.clear()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
 
 
 # ---- the emulator -----------------------------------------------------------------------------------
@@ -266,80 +148,24 @@ class RealManEmulator:
         self.control_port = control_port
         self.push_source_port: Optional[int] = None
         self._log_path = log_path
+        # Guards the controller and the faults: the tick, connection and control threads share them.
         self._lock = threading.RLock()
-        self._motion = ArmMotion(self.model, q0)
-        self._gripper = GripperMotion()
-        self._push = PushConfig(port=push_port, ip=push_ip, cycle=cycle)
-        # faults
-        self._push_paused = False
-        self._push_delay_s = 0.0
-        self._unresponsive = False
-        self._refuse_connections = False
-        # command log
-        self._log_lock = threading.Lock()
-        self._commands: Deque[ReceivedCommand] = deque(maxlen=max_logged_commands)
-        self._log_file = None
+        self._controller = ControllerProtocol(self.model, PushConfig(port=push_port, ip=push_ip,
+                                                                     cycle=cycle), q0)
+        self._faults = Faults()
+        self._log = CommandLog(max_logged_commands)
         # sockets and threads
         self._stop = threading.Event()
         self._started = False
         self._listener: Optional[socket.socket] = None
         self._udp: Optional[socket.socket] = None
-        self._control: Optional[socket.socket] = None
+        self._control: Optional[ControlServer] = None
         self._connections: Dict[int, _Connection] = {}
         self._conn_lock = threading.Lock()
         self._next_conn_id = 1
         self._threads: List[threading.Thread] = []
         self._pending_packets: Deque[Tuple[float, bytes, Tuple[str, int]]] = deque()
         self.packets_sent = 0
-        self._warned: Set[str] = set()
-        self._handlers: Dict[str, Callable[[Json, _Connection, float], Optional[Json]]] = {
-            "get_arm_software_info": self._h_software_info,
-            "get_arm_current_trajectory": self._h_current_trajectory,
-            "get_realtime_push": self._h_get_realtime_push,
-            "set_realtime_push": self._h_set_realtime_push,
-            "get_current_work_frame": lambda p, c, t: {
-                "state": "current_work_frame", "frame_name": "World", "pose": [0] * 6},
-            "get_current_tool_frame": lambda p, c, t: {
-                "state": "current_tool_frame", "tool_name": "Arm_Tip", "pose": [0] * 6,
-                "payload": 0, "position": [0, 0, 0]},
-            "get_install_pose": lambda p, c, t: {"state": "install_pose", "pose": [0, 0, 0]},
-            "get_joint_min_pos": lambda p, c, t: {
-                "state": "joint_min_pos", "min_pos": _milli_deg(self.model.lower_rad)},
-            "get_joint_max_pos": lambda p, c, t: {
-                "state": "joint_max_pos", "max_pos": _milli_deg(self.model.upper_rad)},
-            "get_joint_max_speed": lambda p, c, t: {
-                "state": "joint_max_speed", "joint_speed": _milli_rpm(self.model.max_velocity_rad_s)},
-            "get_joint_max_acc": lambda p, c, t: {
-                "state": "joint_max_acc", "joint_acc": _milli_rpm(self.model.max_acceleration_rad_s2)},
-            "get_DH_data": self._h_dh_data,
-            "get_current_arm_state": self._h_current_arm_state,
-            "get_joint_degree": self._h_joint_degree,
-            "get_arm_all_state": self._h_all_state,
-            "movej": self._h_movej,
-            "movej_canfd": self._h_movej_canfd,
-            "movej_follow": self._h_movej_canfd,
-            "movep_canfd": self._h_ignored_cartesian,
-            "movep_follow": self._h_ignored_cartesian,
-            "movel": self._h_refused_cartesian,
-            "movej_p": self._h_refused_cartesian,
-            "movec": self._h_refused_cartesian,
-            "moves": self._h_refused_cartesian,
-            "set_arm_stop": self._h_stop,
-            "set_arm_slow_stop": self._h_slow_stop,
-            "set_arm_delete_trajectory": self._h_delete_trajectory,
-            "set_gripper_position": self._h_gripper,
-            "set_gripper_pick": self._h_gripper,
-            "set_gripper_pick_on": self._h_gripper,
-            "set_gripper_release": self._h_gripper,
-            "get_gripper_state": self._h_gripper_state,
-            "clear_system_err": self._h_clear_system_err,
-            # No joint faults are emulated, so clearing one always succeeds.
-            "set_joint_clear_err": lambda p, c, t: {
-                "command": "set_joint_clear_err", "joint_clear_err": True},
-            "set_arm_power": self._h_set_power,
-            "get_arm_power_state": lambda p, c, t: {
-                "state": "arm_power_state", "power_state": int(self._motion.powered)},
-        }
 
     # ---- lifecycle -------------------------------------------------------------------------------
     def start(self) -> "RealManEmulator":
@@ -358,23 +184,20 @@ class RealManEmulator:
             self._udp.bind((self.ip, 0))
             self.push_source_port = self._udp.getsockname()[1]
             if self.control_port is not None:
-                self._control = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                self._control.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                self._control.bind((self.ip, self.control_port))
-                self._control.listen(4)
-                self._control.setblocking(False)
-                self.control_port = self._control.getsockname()[1]
+                self._control = ControlServer(self, self.ip, self.control_port)
+                self.control_port = self._control.port
             if self._log_path:
-                self._log_file = open(self._log_path, "a", encoding="utf-8")
+                self._log.open(self._log_path)
         except BaseException:
             self._close_sockets()
             raise
         self._spawn(self._accept_loop, "accept")
         self._spawn(self._tick_loop, "tick")
         if self._control is not None:
-            self._spawn(self._control_loop, "control")
-        _LOG.info("%s emulator on %s:%d, push -> %s:%d every %d ms", self.model.name, self.ip,
-                  self.tcp_port, self._push.ip, self._push.port, self._push.cycle * 5)
+            self._spawn(self._control.serve, "control", self._stop, _POLL_S)
+        push = self._controller.push
+        _LOG.info("%s emulator on %s:%d, push -> %s:%d every %g ms", self.model.name, self.ip,
+                  self.tcp_port, push.ip, push.port, push_period_s(push.cycle) * 1e3)
         return self
 
     def stop(self) -> None:
@@ -396,10 +219,7 @@ class RealManEmulator:
         with self._conn_lock:
             self._threads.clear()
         self._close_sockets()
-        with self._log_lock:
-            if self._log_file is not None:
-                self._log_file.close()
-                self._log_file = None
+        self._log.close()
 
     def __enter__(self) -> "RealManEmulator":
         return self.start()
@@ -427,36 +247,34 @@ class RealManEmulator:
     # ---- observation ---------------------------------------------------------------------------------
     def joints_deg(self) -> List[float]:
         with self._lock:
-            return np.degrees(self._motion.joints_rad).tolist()
+            return np.degrees(self._controller.motion.joints_rad).tolist()
 
     def gripper_position(self) -> float:
         """Gripper opening in wire units (1 closed .. 1000 open)."""
         with self._lock:
-            return self._gripper.position
+            return self._controller.gripper.position
 
     @property
     def arm_status(self) -> str:
         with self._lock:
-            return self._motion.status
+            return self._controller.motion.status
 
     @property
     def errors(self) -> Tuple[int, ...]:
         with self._lock:
-            return self._motion.errors
+            return self._controller.motion.errors
 
     @property
     def push_config(self) -> PushConfig:
         with self._lock:
-            return PushConfig(port=self._push.port, ip=self._push.ip, cycle=self._push.cycle,
-                              enable=self._push.enable,
-                              force_coordinate=self._push.force_coordinate,
-                              custom=dict(self._push.custom))
+            push = self._controller.push
+            return replace(push, custom=dict(push.custom))
 
     @property
     def push_port(self) -> int:
         """Where the push currently goes (the SDK listens there)."""
         with self._lock:
-            return self._push.port
+            return self._controller.push.port
 
     def connection_count(self) -> int:
         with self._conn_lock:
@@ -464,26 +282,25 @@ class RealManEmulator:
 
     def commands(self, name: Optional[str] = None) -> List[ReceivedCommand]:
         """Commands received so far (oldest first), optionally only those called `name`."""
-        with self._log_lock:
-            return [c for c in self._commands if name is None or c.name == name]
+        return self._log.commands(name)
 
     def clear_commands(self) -> None:
-        with self._log_lock:
-            self._commands.clear()
+        self._log.clear()
 
     def state_summary(self) -> Json:
         with self._lock:
+            motion, faults = self._controller.motion, self._faults
             return {
-                "model": self.model.name, "joints_deg": np.degrees(self._motion.joints_rad).tolist(),
-                "status": self._motion.status, "errors": list(self._motion.errors),
-                "gripper": self._gripper.position, "powered": self._motion.powered,
-                "push": asdict(self._push), "push_paused": self._push_paused,
-                "push_delay_ms": self._push_delay_s * 1000.0, "unresponsive": self._unresponsive,
-                "refuse_connections": self._refuse_connections,
+                "model": self.model.name, "joints_deg": np.degrees(motion.joints_rad).tolist(),
+                "status": motion.status, "errors": list(motion.errors),
+                "gripper": self._controller.gripper.position, "powered": motion.powered,
+                "push": asdict(self._controller.push), "push_paused": faults.push_paused,
+                "push_delay_ms": faults.push_delay_s * 1000.0, "unresponsive": faults.unresponsive,
+                "refuse_connections": faults.refuse_connections,
                 "connections": self.connection_count(), "packets_sent": self.packets_sent,
             }
 
-    # ---- fault injection -------------------------------------------------------------------------
+    # ---- fault injection (see realman_faults) ----------------------------------------------------
     def drop_connections(self) -> int:
         """Close every client connection (the listener stays up, so clients may reconnect)."""
         with self._conn_lock:
@@ -496,36 +313,37 @@ class RealManEmulator:
 
     def set_refuse_connections(self, refuse: bool) -> None:
         """While set, new connections are accepted and closed at once."""
-        self._refuse_connections = bool(refuse)
+        with self._lock:
+            self._faults.refuse_connections = bool(refuse)
 
     def pause_push(self) -> None:
         with self._lock:
-            self._push_paused = True
+            self._faults.push_paused = True
 
     def resume_push(self) -> None:
         with self._lock:
-            self._push_paused = False
+            self._faults.push_paused = False
 
     def set_push_delay_ms(self, delay_ms: float) -> None:
         """Send each push packet this late (its content is still from its own tick)."""
         if delay_ms < 0:
             raise ValueError(f"push delay must be >= 0 ms, got {delay_ms}")
         with self._lock:
-            self._push_delay_s = delay_ms / 1000.0
+            self._faults.push_delay_s = delay_ms / 1000.0
 
     def raise_error(self, code: int) -> None:
         """Latch a system error code; it shows in `err` until `clear_system_err`."""
         with self._lock:
-            self._motion.raise_error(int(code))
+            self._controller.motion.raise_error(int(code))
 
     def clear_errors(self) -> None:
         with self._lock:
-            self._motion.clear_errors()
+            self._controller.motion.clear_errors()
 
     def set_unresponsive(self, unresponsive: bool) -> None:
         """Keep connections open but execute and answer nothing (a hung controller)."""
         with self._lock:
-            self._unresponsive = bool(unresponsive)
+            self._faults.unresponsive = bool(unresponsive)
 
     # ---- TCP ---------------------------------------------------------------------------------------------
     def _accept_loop(self) -> None:
@@ -539,7 +357,9 @@ class RealManEmulator:
                 if not self._stop.is_set():
                     _LOG.exception("accept failed")
                 return
-            if self._refuse_connections:
+            with self._lock:
+                refuse = self._faults.refuse_connections
+            if refuse:
                 _LOG.warning("fault: refusing connection from %s:%d", *peer)
                 sock.close()
                 continue
@@ -587,258 +407,26 @@ class RealManEmulator:
             _LOG.warning("connection %d: object without a command name: %.120s", conn.id, msg)
             return
         with self._lock:
-            unresponsive = self._unresponsive
-        self._record(ReceivedCommand(name, msg, now, wall, conn.id, not unresponsive))
+            unresponsive = self._faults.unresponsive
+        self._log.record(ReceivedCommand(name, msg, now, wall, conn.id, not unresponsive))
         if unresponsive:
             return
-        handler = self._handlers.get(name)
-        try:
-            if handler is None:
-                self._warn_once(name, "unsupported command %r: %.200s", name, msg)
-                reply = {"command": name, "set_state": False, "emulator_unsupported": True}
-            else:
-                reply = handler(msg, conn, now)
-        except (KeyError, TypeError, ValueError) as exc:
-            # A malformed request to a known command: the controller refuses it.
-            _LOG.warning("bad %r request (%s): %.200s", name, exc, msg)
-            reply = {"command": name, "set_state": False}
-        except Exception:  # an emulator bug must not take the connection down
-            _LOG.exception("handling %r failed: %.200s", name, msg)
-            reply = {"command": name, "set_state": False}
-        if reply is not None and name not in _NO_REPLY:
+        with self._lock:
+            reply = self._controller.handle(msg, conn.id, now)
+        if reply is not None:
             conn.send(reply)
 
-    def _warn_once(self, key: str, fmt: str, *args: Any) -> None:
-        """Warn the first time per command name: a 100 Hz stream must not flood the log."""
-        level = logging.DEBUG if key in self._warned else logging.WARNING
-        self._warned.add(key)
-        _LOG.log(level, fmt, *args)
-
-    def _record(self, cmd: ReceivedCommand) -> None:
-        with self._log_lock:
-            self._commands.append(cmd)
-            if self._log_file is not None:
-                self._log_file.write(cmd.to_json() + "\n")
-                self._log_file.flush()
-
-    # ---- command handlers (called with the request, the connection, the receive time) ----------------
-    def _h_software_info(self, p: Json, c: _Connection, now: float) -> Json:
-        # Product_version is what the SDK maps to the arm model (RM75-B / RM65-B verified).
-        build = {"build_time": "2024/01/01 00:00:00", "version": "V1.5.0"}
-        return {"command": "arm_software_info", "Product_version": self.model.name,
-                "algorithm_info": {"version": "1.4.3"}, "ctrl_info": dict(build),
-                "dynamic_info": {"model_version": "1"}, "plan_info": dict(build)}
-
-    def _h_current_trajectory(self, p: Json, c: _Connection, now: float) -> Json:
-        # Blocking rm_movej polls this; "none" while it waits makes it return -6.
-        with self._lock:
-            kind = "movej" if self._motion.planned_move_active else "none"
-            joints = _milli_deg(self._motion.joints_rad)
-        return {"state": "arm_current_trajectory", "type": kind, "data": joints}
-
-    def _h_get_realtime_push(self, p: Json, c: _Connection, now: float) -> Json:
-        with self._lock:
-            cfg = self._push
-            return {"command": "get_realtime_push", "cycle": cfg.cycle, "enable": cfg.enable,
-                    "port": cfg.port, "ip": cfg.ip, "force_coordinate": cfg.force_coordinate,
-                    "custom": dict(cfg.custom)}
-
-    def _h_set_realtime_push(self, p: Json, c: _Connection, now: float) -> Json:
-        ok = True
-        cycle = p.get("cycle")
-        port = p.get("port")
-        ip = p.get("ip")
-        if cycle is not None and not (isinstance(cycle, int) and 1 <= cycle <= 100):
-            ok = False
-        if port is not None and not (isinstance(port, int) and 0 < port < 65536):
-            ok = False
-        if ip is not None:
-            try:
-                ipaddress.IPv4Address(str(ip))
-            except ValueError:
-                ok = False
-        if ok:
-            with self._lock:
-                cfg = self._push
-                if cycle is not None:
-                    cfg.cycle = cycle
-                if port is not None:
-                    cfg.port = port
-                if ip is not None:
-                    cfg.ip = str(ip)
-                if "enable" in p:
-                    cfg.enable = bool(p["enable"])
-                if isinstance(p.get("force_coordinate"), int):
-                    cfg.force_coordinate = p["force_coordinate"]
-                custom = p.get("custom")
-                if isinstance(custom, dict):
-                    for key, value in custom.items():
-                        # The SDK sends -1 for "leave as is".
-                        if isinstance(value, (bool, int)) and value != -1:
-                            cfg.custom[key] = bool(value)
-            _LOG.info("realtime push now %s", self.push_config)
-        return {"command": "set_realtime_push", "state": ok}
-
-    def _h_dh_data(self, p: Json, c: _Connection, now: float) -> Json:
-        # Rows are [alpha 0.001 deg, a 0.001 mm, d 0.001 mm, offset 0.001 deg].
-        reply: Json = {"command": "get_DH_data"}
-        for i, j in enumerate(self.model.mdh):
-            reply[f"joint_{i + 1}"] = [int(round(math.degrees(j.alpha_rad) * 1000)),
-                                       int(round(j.a_m * 1e6)), int(round(j.d_m * 1e6)),
-                                       int(round(math.degrees(j.offset_rad) * 1000))]
-        return reply
-
-    def _wire_pose(self) -> List[int]:
-        pose = self._motion.flange_pose()
-        return ([int(round(x * 1e6)) for x in pose.position_m]
-                + [int(round(a * 1000)) for a in pose.euler_rad])
-
-    def _wire_errors(self) -> List[int]:
-        # The SDK rejects anything but an array here; no error is [0].
-        return list(self._motion.errors) or [0]
-
-    def _h_current_arm_state(self, p: Json, c: _Connection, now: float) -> Json:
-        with self._lock:
-            return {"state": "current_arm_state", "arm_state": {
-                "joint": _milli_deg(self._motion.joints_rad), "pose": self._wire_pose(),
-                "err": self._wire_errors()}}
-
-    def _h_joint_degree(self, p: Json, c: _Connection, now: float) -> Json:
-        with self._lock:
-            return {"state": "joint_degree", "joint": _milli_deg(self._motion.joints_rad)}
-
-    def _joint_telemetry(self) -> Dict[str, List[int]]:
-        """Plausible constant joint electrics: 0.001 mA, 0.001 degC, 0.001 V."""
-        n = self.model.dof
-        return {"current": [0] * n, "temperature": [30000] * n, "voltage": [48000] * n}
-
-    def _h_all_state(self, p: Json, c: _Connection, now: float) -> Json:
-        n = self.model.dof
-        tel = self._joint_telemetry()
-        with self._lock:
-            powered = int(self._motion.powered)
-            err = self._wire_errors()
-        return {"state": "arm_all_state", "all_state": {
-            "temperature": tel["temperature"], "current": tel["current"],
-            "voltage": tel["voltage"], "err_flag": [0] * n, "en_flag": [powered] * n, "err": err}}
-
-    def _joints_from(self, p: Json) -> np.ndarray:
-        values = p["joint"]
-        if not isinstance(values, list) or len(values) < self.model.dof:
-            raise ValueError(f"'joint' needs {self.model.dof} values")
-        return _rad_from_milli_deg(values[: self.model.dof])
-
-    def _h_movej(self, p: Json, c: _Connection, now: float) -> Json:
-        target = self._joints_from(p)
-        with self._lock:
-            ok = self._motion.move_joints(target, float(p.get("v", 20)), tag=c.id)
-        return {"command": "movej", "receive_state": ok}
-
-    def _h_movej_canfd(self, p: Json, c: _Connection, now: float) -> None:
-        # 3rd-gen controllers never answer pass-through; failures only show in the push.
-        target = self._joints_from(p)
-        follow = bool(p.get("follow", False)) or p["command"] == "movej_follow"
-        with self._lock:
-            self._motion.stream(target, now, follow)
-        return None
-
-    def _h_ignored_cartesian(self, p: Json, c: _Connection, now: float) -> None:
-        self._warn_once(p["command"], "%s ignored: the emulator has no inverse kinematics",
-                        p["command"])
-        return None
-
-    def _h_refused_cartesian(self, p: Json, c: _Connection, now: float) -> Json:
-        self._warn_once(p["command"], "%s refused: the emulator has no inverse kinematics",
-                        p["command"])
-        return {"command": p["command"], "receive_state": False}
-
-    def _h_stop(self, p: Json, c: _Connection, now: float) -> Json:
-        with self._lock:
-            self._motion.stop()
-        return {"command": "set_arm_stop", "arm_stop": True}
-
-    def _h_slow_stop(self, p: Json, c: _Connection, now: float) -> Json:
-        with self._lock:
-            self._motion.slow_stop()
-        return {"command": "set_arm_slow_stop", "arm_slow_stop": True}
-
-    def _h_delete_trajectory(self, p: Json, c: _Connection, now: float) -> Json:
-        with self._lock:
-            self._motion.slow_stop()
-        return {"command": "set_arm_delete_trajectory", "arm_delete_trajectory": True}
-
-    def _h_gripper(self, p: Json, c: _Connection, now: float) -> Json:
-        name = p["command"]
-        # Only a blocking call gets the arrival event (the SDK says so in the request).
-        tag = c.id if p.get("block") else None
-        with self._lock:
-            if name == "set_gripper_position":
-                ok = self._gripper.move_to(float(p["position"]), GRIPPER_DEFAULT_SPEED, tag)
-            elif name == "set_gripper_release":
-                ok = self._gripper.open(float(p.get("speed", GRIPPER_DEFAULT_SPEED)), tag)
-            else:
-                ok = self._gripper.close(float(p.get("speed", GRIPPER_DEFAULT_SPEED)), tag)
-        return {"command": "set_gripper", "state": ok}
-
-    def _h_gripper_state(self, p: Json, c: _Connection, now: float) -> Json:
-        with self._lock:
-            return {"command": "get_gripper_state", "enable": 1, "status": 1, "error": 0,
-                    "mode": self._gripper.mode, "current_force": 0, "temperature": 30,
-                    "actpos": int(round(self._gripper.position))}
-
-    def _h_clear_system_err(self, p: Json, c: _Connection, now: float) -> Json:
-        with self._lock:
-            self._motion.clear_errors()
-        return {"command": "clear_system_err", "clear_state": True}
-
-    def _h_set_power(self, p: Json, c: _Connection, now: float) -> Json:
-        with self._lock:
-            self._motion.set_powered(bool(p["arm_power"]))
-        return {"command": "set_arm_power", "arm_power": True}
-
-    # ---- physics + UDP push -------------------------------------------------------------------------
-    def _push_packet(self) -> Json:
-        """The realtime push message; call with the lock held."""
-        n = self.model.dof
-        cfg = self._push
-        pose = self._motion.flange_pose()
-        tel = self._joint_telemetry()
-        joint_status: Json = {
-            "joint_current": tel["current"],
-            "joint_en_flag": [int(self._motion.powered)] * n,
-            "joint_err_code": [0] * n,
-            "joint_position": _milli_deg(self._motion.joints_rad),
-            "joint_temperature": tel["temperature"],
-            "joint_voltage": tel["voltage"],
-        }
-        if cfg.custom.get("joint_speed", False):
-            # The SDK divides by 100; its struct documents 0.01 deg/s.
-            joint_status["joint_speed"] = [int(round(math.degrees(v) * 100))
-                                           for v in self._motion.velocities_rad_s]
-        packet: Json = {
-            "state": "realtime_arm_joint_state",
-            "err": self._wire_errors(),
-            "joint_status": joint_status,
-            "waypoint": {
-                "position": [int(round(x * 1e6)) for x in pose.position_m],
-                "euler": [int(round(a * 1000)) for a in pose.euler_rad],
-                "quat": [int(round(q * 1e6)) for q in pose.quaternion_wxyz],
-            },
-        }
-        if cfg.custom.get("arm_current_status", False):
-            packet["arm_current_status"] = self._motion.status
-        return packet
-
+    # ---- the controller's clock: motion + UDP push --------------------------------------------------
     def _tick_loop(self) -> None:
-        """Physics every 5 ms and the push every `cycle` ticks, against absolute deadlines so
-        the rate does not drift with the time the work takes."""
+        """Motion every push unit (5 ms) and the push every `cycle` ticks, against absolute
+        deadlines so the rate does not drift with the time the work takes."""
         assert self._udp is not None
         tick = 0
         deadline = time.monotonic()
         while not self._stop.is_set():
             now = time.monotonic()
             if now >= deadline:
-                due = int((now - deadline) / BASE_PERIOD_S) + 1
+                due = int((now - deadline) / PUSH_CYCLE_UNIT_S) + 1
                 if due > MAX_CATCH_UP_TICKS:
                     _LOG.warning("tick thread %.0f ms late; skipping ahead", (now - deadline) * 1e3)
                     deadline = now
@@ -846,16 +434,16 @@ class RealManEmulator:
                 arrivals: List[Arrival] = []
                 with self._lock:
                     for _ in range(due):
-                        arrivals += self._motion.step(BASE_PERIOD_S)
-                        arrivals += self._gripper.step(BASE_PERIOD_S)
+                        arrivals += self._controller.step(PUSH_CYCLE_UNIT_S)
                         tick += 1
-                        cfg = self._push
-                        if cfg.enable and not self._push_paused and tick % cfg.cycle == 0:
-                            data = json.dumps(self._push_packet(), separators=(",", ":")).encode()
+                        push = self._controller.push
+                        if push.enable and not self._faults.push_paused and tick % push.cycle == 0:
+                            data = json.dumps(self._controller.push_packet(),
+                                              separators=(",", ":")).encode()
                             self._pending_packets.append(
-                                (deadline + self._push_delay_s, data, (cfg.ip, cfg.port)))
-                        deadline += BASE_PERIOD_S
-                    unresponsive = self._unresponsive
+                                (deadline + self._faults.push_delay_s, data, (push.ip, push.port)))
+                        deadline += PUSH_CYCLE_UNIT_S
+                    unresponsive = self._faults.unresponsive
                 if not unresponsive:
                     self._send_arrivals(arrivals)
             self._send_due_packets(time.monotonic())
@@ -884,99 +472,12 @@ class RealManEmulator:
             with self._conn_lock:
                 conn = self._connections.get(arrival.tag)
             if conn is not None:
-                conn.send(_completion_event(arrival.device))
-
-    # ---- control socket ---------------------------------------------------------------------------
-    def _control_loop(self) -> None:
-        assert self._control is not None
-        sel = selectors.DefaultSelector()
-        sel.register(self._control, selectors.EVENT_READ, None)
-        buffers: Dict[socket.socket, bytes] = {}
-        try:
-            while not self._stop.is_set():
-                for key, _ in sel.select(timeout=_POLL_S):
-                    if key.data is None:
-                        try:
-                            client, _ = self._control.accept()
-                        except OSError:
-                            continue
-                        client.setblocking(False)
-                        buffers[client] = b""
-                        sel.register(client, selectors.EVENT_READ, "client")
-                        continue
-                    client = key.fileobj  # type: ignore[assignment]
-                    try:
-                        data = client.recv(4096)
-                    except OSError:
-                        data = b""
-                    if not data:
-                        sel.unregister(client)
-                        buffers.pop(client, None)
-                        client.close()
-                        continue
-                    buffers[client] += data
-                    while b"\n" in buffers[client]:
-                        line, buffers[client] = buffers[client].split(b"\n", 1)
-                        reply = self.control(line.decode(errors="replace"))
-                        try:
-                            client.settimeout(1.0)  # a client that never reads cannot hang us
-                            client.sendall((json.dumps(reply) + "\n").encode())
-                            client.setblocking(False)
-                        except OSError:
-                            pass
-        finally:
-            for client in list(buffers):
-                client.close()
-            sel.close()
-
-    def control(self, line: str) -> Json:
-        """Run one control-protocol line (what the control socket does), return its reply."""
-        words = line.strip().split()
-        if not words:
-            return {"ok": False, "error": "empty command"}
-        cmd, args = words[0].lower(), words[1:]
-
-        def on_off() -> bool:
-            if not args or args[0].lower() not in ("on", "off"):
-                raise ValueError(f"{cmd} needs on|off")
-            return args[0].lower() == "on"
-
-        try:
-            if cmd == "ping":
-                return {"ok": True}
-            if cmd == "drop":
-                return {"ok": True, "dropped": self.drop_connections()}
-            if cmd == "refuse":
-                self.set_refuse_connections(on_off())
-            elif cmd == "push":
-                if on_off():
-                    self.resume_push()
-                else:
-                    self.pause_push()
-            elif cmd == "push_delay":
-                self.set_push_delay_ms(float(args[0]))
-            elif cmd == "error":
-                self.raise_error(int(args[0], 0))
-            elif cmd == "clear_errors":
-                self.clear_errors()
-            elif cmd == "unresponsive":
-                self.set_unresponsive(on_off())
-            elif cmd == "state":
-                return {"ok": True, "state": self.state_summary()}
-            elif cmd == "commands":
-                name = args[0] if args else None
-                return {"ok": True, "commands": [asdict(c) for c in self.commands(name)]}
-            elif cmd == "clear_commands":
-                self.clear_commands()
-            else:
-                return {"ok": False, "error": f"unknown control command {cmd!r}"}
-        except (IndexError, ValueError) as exc:
-            return {"ok": False, "error": f"{cmd}: {exc or 'missing argument'}"}
-        return {"ok": True}
+                conn.send(completion_event(arrival.device))
 
 
 # ---- command line ---------------------------------------------------------------------------------------
-def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    """The `ate_realman_emulator` command line (`ate_ros.graph.EmulatorSpec.argv` writes it)."""
     parser = argparse.ArgumentParser(
         prog="ate_realman_emulator",
         description="Emulate one RealMan 3rd-generation arm controller (JSON/TCP + UDP push).")
@@ -1000,7 +501,7 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = _parse_args(argv)
+    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Before the emulator starts its threads: they inherit it.
@@ -1028,7 +529,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     control = "" if emulator.control_port is None else f" control_port={emulator.control_port}"
     print(f"ate_realman_emulator listening model={emulator.model.name} ip={emulator.ip} "
           f"tcp_port={emulator.tcp_port} push={emulator.push_config.ip}:{emulator.push_port} "
-          f"cycle_ms={emulator.push_config.cycle * 5}{control}", flush=True)
+          f"cycle_ms={round(push_period_s(emulator.push_config.cycle) * 1e3)}{control}", flush=True)
     try:
         while not stop.wait(0.5):
             pass

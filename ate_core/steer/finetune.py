@@ -1,7 +1,7 @@
 """Fine-tuning a pre-trained policy on a new robot's demonstrations: plainly, or steered by ATE.
 
-A fine-tuning run is a training run (:mod:`ate_core.train.trainer`, same loop, checkpoints,
-resume and torchrun) with two more keys:
+A fine-tuning run is a training run (:func:`ate_core.train.trainer.train`, same loop,
+checkpoints, resume and torchrun) with two more keys:
 
 * ``method: plain`` regresses the policy's own denoising target, as ``ate_train --init-from``;
 * ``method: ate`` (the default) adds ATE's latent guidance (stage 2, *steer*) to that loss:
@@ -12,8 +12,9 @@ resume and torchrun) with two more keys:
 The VAE has to see the policy's model space exactly (chunk length, unified slots, the
 normalisation statistics of the fine-tuning data), so the run refuses to start when it does not.
 Every checkpoint's ``config.json`` and ``train_summary.json`` record the method and, for ATE,
-which VAE (path, SHA-256) and which ``scale``/``clamp`` shaped the weights; resuming with another
-method or another VAE is refused for the same reason.
+which VAE (path, SHA-256) and which ``scale``/``clamp`` shaped the weights
+(:class:`~ate_core.steer.record.FinetuneRecord`); resuming with another method or another VAE is
+refused for the same reason.
 """
 
 from __future__ import annotations
@@ -21,18 +22,22 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, Mapping, Optional, Union
+from typing import Any, Dict, Iterator, Mapping, Optional, Tuple, Union
 
+from ate_core.align.checkpoint import load_vae
 from ate_core.config import ConfigError, Problem, checked, one_of
-from ate_core.policy.pretrained import latest_checkpoint, load_pretrained, read_pretrained_config
+from ate_core.data.spaces import NormStats, UnifiedActionSpace
+from ate_core.io import latest_checkpoint
+from ate_core.policy.pretrained import CONFIG_FILE, load_pretrained, read_pretrained_config
 from ate_core.steer.config import GuidanceConfig
+from ate_core.steer.guidance import LatentGuidance
+from ate_core.steer.record import METHODS, RECORD_KEY, FinetuneRecord
 from ate_core.train.config import TrainConfig, load_yaml_config, train_config_from_dict, train_config_to_dict
+from ate_core.train.datasets import dataset_embodiment, open_datasets, stats_by_embodiment
+from ate_core.train.trainer import TrainResult, check_policy_section, resolve_policy_source, train
 
-__all__ = ["METHODS", "FinetuneConfig", "finetune_config_from_dict", "finetune_config_to_dict",
-           "load_finetune_config", "finetune", "build_guidance", "finetune_record"]
-
-#: plain: the policy's own loss; ate: the loss steered by the adaptation VAE's latent space.
-METHODS = ("plain", "ate")
+__all__ = ["FinetuneConfig", "finetune_config_from_dict", "finetune_config_to_dict", "load_finetune_config",
+           "finetune", "build_guidance", "finetune_record"]
 
 
 @dataclass(frozen=True)
@@ -86,27 +91,23 @@ def _validate(cfg: FinetuneConfig, source: str) -> None:
         raise ConfigError(source, key, message)
 
 
-def _stats_for_run(cfg: FinetuneConfig, source: str) -> Any:
+def _stats_for_run(cfg: FinetuneConfig,
+                   source: str) -> Tuple[Any, UnifiedActionSpace, Dict[str, Dict[str, NormStats]]]:
     """(policy config, action space, stats by embodiment) as the trainer will use them: the
     checkpoint's, plus (unless resuming, where the checkpoint already has them) the stats of the
     fine-tuning data, which the VAE must have been trained with."""
-    from ate_core.train.trainer import _compute_stats, _dataset_embodiment, _open_datasets, resolve_policy_source
-
     kind, path = resolve_policy_source(cfg)
     loaded = load_pretrained(path)
     stats = {emb: dict(s) for emb, s in loaded.stats.items()}
     if kind != "resume":
-        datasets = _open_datasets(cfg, loaded.config, source)
-        stats.update(_compute_stats(datasets, [_dataset_embodiment(ds) for ds in datasets]))
+        datasets = open_datasets(cfg, loaded.config, source)
+        stats.update(stats_by_embodiment(datasets, [dataset_embodiment(ds) for ds in datasets]))
     return loaded.config, loaded.action_space, stats
 
 
-def build_guidance(cfg: FinetuneConfig, source: str = "finetune config") -> Any:
-    """The :class:`~ate_core.steer.guidance.LatentGuidance` of ``cfg.ate``, checked against the
-    policy and data it will steer (a mismatch is a :class:`ConfigError`, before any training)."""
-    from ate_core.align.checkpoint import load_vae
-    from ate_core.steer.guidance import LatentGuidance
-
+def build_guidance(cfg: FinetuneConfig, source: str = "finetune config") -> LatentGuidance:
+    """The latent guidance of ``cfg.ate``, checked against the policy and data it will steer
+    (a mismatch is a :class:`ConfigError`, before any training)."""
     if not cfg.ate.vae:
         raise ConfigError(source, "ate.vae", "required for method 'ate': the adaptation VAE checkpoint (--vae)")
     if not Path(cfg.ate.vae).exists():
@@ -117,49 +118,39 @@ def build_guidance(cfg: FinetuneConfig, source: str = "finetune config") -> Any:
     return guidance
 
 
-def finetune_record(cfg: FinetuneConfig, guidance: Any = None) -> Dict[str, Any]:
-    """What a fine-tuned checkpoint says about how it was fine-tuned (``config.json: finetune``)."""
-    record: Dict[str, Any] = {"method": cfg.method}
-    if guidance is not None:
-        record["ate"] = guidance.record()
-    return record
+def finetune_record(cfg: FinetuneConfig, guidance: Optional[LatentGuidance] = None) -> FinetuneRecord:
+    """What the checkpoints of this run say about how it was fine-tuned."""
+    return FinetuneRecord(method=cfg.method, ate=None if guidance is None else guidance.record())
 
 
-def _check_resume(cfg: FinetuneConfig, record: Mapping[str, Any], source: str) -> None:
+def _check_resume(cfg: FinetuneConfig, record: FinetuneRecord, source: str) -> None:
     """A resumed run continues the same fine-tuning: same method, same VAE (by content)."""
     if not cfg.resume:
         return
     last = latest_checkpoint(Path(cfg.output_dir) / "checkpoints")
     if last is None:
         return  # the trainer says there is nothing to resume
-    _, raw, _, _ = read_pretrained_config(last)
-    before = raw.get("finetune")
-    if not isinstance(before, dict):
-        raise ConfigError(source, "resume", f"{last}: not a fine-tuning run (no 'finetune' record); "
+    pdir, raw, _, _ = read_pretrained_config(last)
+    before = FinetuneRecord.from_meta(raw, pdir / CONFIG_FILE)
+    if before is None:
+        raise ConfigError(source, "resume", f"{last}: not a fine-tuning run (no {RECORD_KEY!r} record); "
                                             "resume it with ate_train")
-    if before.get("method") != record["method"]:
-        raise ConfigError(source, "method", f"{record['method']!r} here, but the run being resumed ({last}) "
-                                            f"used {before.get('method')!r}")
-    if record["method"] == "ate":
-        had = (before.get("ate") or {}).get("sha256")
-        now = record["ate"].get("sha256")
-        if had != now:
-            raise ConfigError(source, "ate.vae", f"{cfg.ate.vae} (sha256 {str(now)[:12]}) is not the VAE the run "
-                                                 f"being resumed was guided by (sha256 {str(had)[:12]}, "
-                                                 f"{(before.get('ate') or {}).get('path')})")
+    if before.method != record.method:
+        raise ConfigError(source, "method", f"{record.method!r} here, but the run being resumed ({last}) "
+                                            f"used {before.method!r}")
+    had, now = before.ate, record.ate
+    if had is not None and now is not None and had.sha256 != now.sha256:
+        raise ConfigError(source, "ate.vae", f"{cfg.ate.vae} (sha256 {now.sha256[:12]}) is not the VAE the run "
+                                             f"being resumed was guided by (sha256 {had.sha256[:12]}, {had.path})")
 
 
-def finetune(cfg: FinetuneConfig, *, progress: bool = True, source: str = "finetune config") -> Any:
-    """Fine-tune ``cfg.init_from`` on ``cfg.dataset`` by ``cfg.method``; returns the
-    :class:`~ate_core.train.trainer.TrainResult`. Config, checkpoint and VAE problems raise
-    :class:`ConfigError` / :class:`CheckpointError` before the first step."""
-    from ate_core.train.trainer import check_policy_section, train
-
+def finetune(cfg: FinetuneConfig, *, progress: bool = True, source: str = "finetune config") -> TrainResult:
+    """Fine-tune ``cfg.init_from`` on ``cfg.dataset`` by ``cfg.method``. Config, checkpoint and
+    VAE problems raise :class:`ConfigError` / :class:`CheckpointError` before the first step."""
     _validate(cfg, source)
     check_policy_section(cfg, source)
     guidance = build_guidance(cfg, source) if cfg.method == "ate" else None
     record = finetune_record(cfg, guidance)
     _check_resume(cfg, record, source)
-    return train(cfg, progress=progress, source=source, meta_extra={"finetune": record},
+    return train(cfg, progress=progress, source=source, meta_extra={RECORD_KEY: record.to_dict()},
                  loss_fn=None if guidance is None else guidance.loss)
-
