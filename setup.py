@@ -21,6 +21,8 @@ def share_tree(folder: str) -> list:
 NODES = {name: f"ate_ros.entry:{name}" for name in (
     "arm_node", "arm_nodes", "joint_state_aggregator", "camera_node", "camera_nodes",
     "inference_node", "supervisor_node")}
+#: The twin host is started like a node (its rclpy node reports on /diagnostics).
+NODES["ate_twin"] = "ate_ros.entry:twin_host"
 TOOLS = {
     "ate_bringup": "ate_ros.bringup:main",
     "ate_urdf": "ate_core.robot.urdf_cli:main",

@@ -205,6 +205,14 @@ class FlangePose:
     quaternion_wxyz: Tuple[float, float, float, float]
 
 
+def flange_pose(model: ArmModel, q_rad: np.ndarray) -> FlangePose:
+    """The flange pose at joint angles `q_rad`, as the controller reports it."""
+    t = _mdh_flange_transform(model, np.asarray(q_rad, dtype=float))
+    p = t[:3, 3]
+    return FlangePose((float(p[0]), float(p[1]), float(p[2])), _euler_xyz(t[:3, :3]),
+                      _quaternion_wxyz(t[:3, :3]))
+
+
 class ArmMotion:
     """Joint motion of one arm under its controller's limits (not thread-safe; the emulator
     serialises access)."""
@@ -275,10 +283,7 @@ class ArmMotion:
                     and np.all(q_rad <= self._upper + eps))
 
     def flange_pose(self) -> FlangePose:
-        t = _mdh_flange_transform(self.model, self._q)
-        p = t[:3, 3]
-        return FlangePose((float(p[0]), float(p[1]), float(p[2])), _euler_xyz(t[:3, :3]),
-                          _quaternion_wxyz(t[:3, :3]))
+        return flange_pose(self.model, self._q)
 
     # ---- errors and power ----------------------------------------------------------------
     def raise_error(self, code: int) -> None:
@@ -524,3 +529,9 @@ def wire_to_opening_m(position: float) -> float:
     """RealMan gripper wire position (1..1000) to finger opening in metres (0..0.070)."""
     return (float(position) - GRIPPER_WIRE_MIN) / (GRIPPER_WIRE_MAX - GRIPPER_WIRE_MIN) \
         * GRIPPER_MAX_OPENING_M
+
+
+def opening_m_to_wire(opening_m: float) -> float:
+    """Finger opening in metres to RealMan's gripper wire position (clamped to 1..1000)."""
+    frac = min(max(float(opening_m) / GRIPPER_MAX_OPENING_M, 0.0), 1.0)
+    return GRIPPER_WIRE_MIN + frac * (GRIPPER_WIRE_MAX - GRIPPER_WIRE_MIN)

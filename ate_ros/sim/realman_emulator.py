@@ -30,12 +30,13 @@ import numpy as np
 from ate_core.robot.models import PUSH_CYCLE_UNIT_S, ArmModel, arm_model, push_period_s
 from ate_ros.realtime import raise_to_fifo
 from ate_ros.signals import setting
-from ate_ros.sim.arm_motion import Arrival
+from ate_ros.sim.arm_motion import GRIPPER_WIRE_MAX, Arrival
 from ate_ros.sim.realman_faults import ControlServer, Faults
 from ate_ros.sim.realman_protocol import (
     ControllerProtocol,
     Json,
     JsonObjectStream,
+    Plant,
     PushConfig,
     ReceivedCommand,
     completion_event,
@@ -129,6 +130,12 @@ class RealManEmulator:
     that port itself after reading `get_realtime_push`, so it has to be a real port number,
     and one the SDK process can still add (it listens on at most five per process).
     `log_path` is appended to, one JSON line per received command.
+
+    `initial_gripper` is the gripper's opening at start, wire units (1 closed .. 1000 open).
+    `plant` is what the controller measures and reports (default: the ideal arm, which is the
+    reference; `twin_host` hands in the physics'). With `clocked=False` the emulator runs no
+    clock of its own: its owner calls `step_controller`, then `complete_tick`, every 5 ms (one
+    clock for several controllers and the physics between the two halves).
     """
 
     def __init__(self, model: Union[str, ArmModel] = "RM75-B", ip: str = DEFAULT_IP,
@@ -136,7 +143,9 @@ class RealManEmulator:
                  push_ip: str = DEFAULT_IP, cycle: int = 1, log_path: Optional[str] = None,
                  initial_joints_deg: Optional[Sequence[float]] = None,
                  control_port: Optional[int] = None,
-                 max_logged_commands: int = 200_000) -> None:
+                 max_logged_commands: int = 200_000,
+                 plant: Optional[Callable[[ControllerProtocol], Plant]] = None,
+                 clocked: bool = True, initial_gripper: float = GRIPPER_WIRE_MAX) -> None:
         self.model = arm_model(model) if isinstance(model, str) else model
         if cycle < 1:
             raise ValueError(f"cycle must be >= 1 (units of 5 ms), got {cycle}")
@@ -151,7 +160,12 @@ class RealManEmulator:
         # Guards the controller and the faults: the tick, connection and control threads share them.
         self._lock = threading.RLock()
         self._controller = ControllerProtocol(self.model, PushConfig(port=push_port, ip=push_ip,
-                                                                     cycle=cycle), q0)
+                                                                     cycle=cycle), q0,
+                                              initial_gripper=initial_gripper)
+        if plant is not None:
+            self._controller.plant = plant(self._controller)
+        self._clocked = clocked
+        self._tick = 0
         self._faults = Faults()
         self._log = CommandLog(max_logged_commands)
         # sockets and threads
@@ -192,7 +206,8 @@ class RealManEmulator:
             self._close_sockets()
             raise
         self._spawn(self._accept_loop, "accept")
-        self._spawn(self._tick_loop, "tick")
+        if self._clocked:
+            self._spawn(self._tick_loop, "tick")
         if self._control is not None:
             self._spawn(self._control.serve, "control", self._stop, _POLL_S)
         push = self._controller.push
@@ -246,13 +261,20 @@ class RealManEmulator:
 
     # ---- observation ---------------------------------------------------------------------------------
     def joints_deg(self) -> List[float]:
+        """The joint angles the controller reports (the plant's)."""
         with self._lock:
-            return np.degrees(self._controller.motion.joints_rad).tolist()
+            return np.degrees(self._controller.plant.joints_rad()).tolist()
 
     def gripper_position(self) -> float:
-        """Gripper opening in wire units (1 closed .. 1000 open)."""
+        """Reported gripper opening in wire units (1 closed .. 1000 open)."""
         with self._lock:
-            return self._controller.gripper.position
+            return self._controller.plant.gripper_wire()
+
+    def reference(self) -> Tuple[np.ndarray, float]:
+        """The controller's joint reference (rad) and gripper reference (opening, m): what it
+        sends its servos."""
+        with self._lock:
+            return self._controller.motion.joints_rad, self._controller.gripper.opening_m
 
     @property
     def arm_status(self) -> str:
@@ -291,7 +313,8 @@ class RealManEmulator:
         with self._lock:
             motion, faults = self._controller.motion, self._faults
             return {
-                "model": self.model.name, "joints_deg": np.degrees(motion.joints_rad).tolist(),
+                "model": self.model.name,
+                "joints_deg": np.degrees(self._controller.plant.joints_rad()).tolist(),
                 "status": motion.status, "errors": list(motion.errors),
                 "gripper": self._controller.gripper.position, "powered": motion.powered,
                 "push": asdict(self._controller.push), "push_paused": faults.push_paused,
@@ -417,11 +440,39 @@ class RealManEmulator:
             conn.send(reply)
 
     # ---- the controller's clock: motion + UDP push --------------------------------------------------
+    def step_controller(self) -> List[Arrival]:
+        """First half of a tick: advance the references by one push unit; the planned motions
+        that arrived (for `complete_tick`)."""
+        with self._lock:
+            return self._controller.step(PUSH_CYCLE_UNIT_S)
+
+    def complete_tick(self, deadline: float, arrivals: List[Arrival]) -> None:
+        """Second half of the tick due at `deadline` (monotonic s), once the plant has been
+        measured: queue the push when one is due, send the completion events, and send
+        every packet whose time has come."""
+        with self._lock:
+            self._tick += 1
+            push = self._controller.push
+            if push.enable and not self._faults.push_paused and self._tick % push.cycle == 0:
+                data = json.dumps(self._controller.push_packet(), separators=(",", ":")).encode()
+                self._pending_packets.append(
+                    (deadline + self._faults.push_delay_s, data, (push.ip, push.port)))
+            unresponsive = self._faults.unresponsive
+        if not unresponsive:
+            self._send_arrivals(arrivals)
+        self._send_due_packets(time.monotonic())
+
+    def next_packet_s(self) -> Optional[float]:
+        """When the oldest delayed push packet is due (monotonic s), if one waits."""
+        pending = self._pending_packets
+        return pending[0][0] if pending else None
+
+    def send_due_packets(self) -> None:
+        self._send_due_packets(time.monotonic())
+
     def _tick_loop(self) -> None:
         """Motion every push unit (5 ms) and the push every `cycle` ticks, against absolute
         deadlines so the rate does not drift with the time the work takes."""
-        assert self._udp is not None
-        tick = 0
         deadline = time.monotonic()
         while not self._stop.is_set():
             now = time.monotonic()
@@ -431,25 +482,14 @@ class RealManEmulator:
                     _LOG.warning("tick thread %.0f ms late; skipping ahead", (now - deadline) * 1e3)
                     deadline = now
                     due = 1
-                arrivals: List[Arrival] = []
-                with self._lock:
-                    for _ in range(due):
-                        arrivals += self._controller.step(PUSH_CYCLE_UNIT_S)
-                        tick += 1
-                        push = self._controller.push
-                        if push.enable and not self._faults.push_paused and tick % push.cycle == 0:
-                            data = json.dumps(self._controller.push_packet(),
-                                              separators=(",", ":")).encode()
-                            self._pending_packets.append(
-                                (deadline + self._faults.push_delay_s, data, (push.ip, push.port)))
-                        deadline += PUSH_CYCLE_UNIT_S
-                    unresponsive = self._faults.unresponsive
-                if not unresponsive:
-                    self._send_arrivals(arrivals)
+                for _ in range(due):
+                    self.complete_tick(deadline, self.step_controller())
+                    deadline += PUSH_CYCLE_UNIT_S
             self._send_due_packets(time.monotonic())
             wake = deadline
-            if self._pending_packets:
-                wake = min(wake, self._pending_packets[0][0])
+            pending = self.next_packet_s()
+            if pending is not None:
+                wake = min(wake, pending)
             delay = wake - time.monotonic()
             if delay > 0:
                 self._stop.wait(delay)

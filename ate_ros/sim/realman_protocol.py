@@ -34,12 +34,20 @@ import json
 import logging
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
 
 from ate_core.robot.models import ArmModel
-from ate_ros.sim.arm_motion import GRIPPER_DEFAULT_SPEED, ArmMotion, Arrival, GripperMotion
+from ate_ros.sim.arm_motion import (
+    GRIPPER_DEFAULT_SPEED,
+    GRIPPER_WIRE_MAX,
+    ArmMotion,
+    Arrival,
+    GripperMotion,
+    flange_pose,
+    opening_m_to_wire,
+)
 
 _LOG = logging.getLogger(__name__)
 
@@ -182,21 +190,77 @@ def completion_event(device: int) -> Json:
 Handler = Callable[[Json, int, float], Optional[Json]]
 
 
+# ---- what the controller measures ---------------------------------------------------------------
+class Plant:
+    """The arm and gripper the controller drives, as its encoders measure them.
+
+    The controller plans and interpolates a joint reference (`ArmMotion`) and a gripper
+    reference (`GripperMotion`); what it reports (push, state queries) is the plant's
+    measurement. This base is the ideal plant: the arm is exactly where the reference is.
+    """
+
+    def __init__(self, motion: ArmMotion, gripper: GripperMotion) -> None:
+        self._motion = motion
+        self._gripper = gripper
+
+    def joints_rad(self) -> np.ndarray:
+        return self._motion.joints_rad
+
+    def velocities_rad_s(self) -> np.ndarray:
+        return self._motion.velocities_rad_s
+
+    def gripper_wire(self) -> float:
+        """Gripper opening in wire units (1 closed .. 1000 open)."""
+        return self._gripper.position
+
+
+class MeasuredPlant(Plant):
+    """A plant measured elsewhere (the physics of the twin), handed in once per tick.
+
+    `update` replaces the measurement in one assignment, so a reader on another thread sees a
+    whole tick's state, never half of two.
+    """
+
+    def __init__(self, joints_rad: Sequence[float], gripper_opening_m: float) -> None:
+        q = np.asarray(joints_rad, dtype=float).copy()
+        self._state: Tuple[np.ndarray, np.ndarray, float] = (
+            q, np.zeros_like(q), opening_m_to_wire(gripper_opening_m))
+
+    def update(self, joints_rad: Sequence[float], velocities_rad_s: Sequence[float],
+               gripper_opening_m: float) -> None:
+        self._state = (np.asarray(joints_rad, dtype=float).copy(),
+                       np.asarray(velocities_rad_s, dtype=float).copy(),
+                       opening_m_to_wire(gripper_opening_m))
+
+    def joints_rad(self) -> np.ndarray:
+        return self._state[0].copy()
+
+    def velocities_rad_s(self) -> np.ndarray:
+        return self._state[1].copy()
+
+    def gripper_wire(self) -> float:
+        return self._state[2]
+
+
 # ---- the controller -----------------------------------------------------------------------------
 class ControllerProtocol:
     """The emulated controller's state and its answers; not thread-safe (the server holds a
     lock around every call).
 
     `motion`, `gripper` and `push` are the live state, for the server to observe and to inject
-    errors into. Connection ids tag planned motions, so their `Arrival`s say where the
-    completion event goes.
+    errors into; `motion` and `gripper` are the references, `plant` what is reported (by
+    default the ideal plant, which is the reference). Connection ids tag planned motions, so
+    their `Arrival`s say where the completion event goes.
     """
 
     def __init__(self, model: ArmModel, push: PushConfig,
-                 initial_joints_rad: Optional[np.ndarray] = None) -> None:
+                 initial_joints_rad: Optional[np.ndarray] = None,
+                 plant: Optional[Plant] = None,
+                 initial_gripper: float = GRIPPER_WIRE_MAX) -> None:
         self.model = model
         self.motion = ArmMotion(model, initial_joints_rad)
-        self.gripper = GripperMotion()
+        self.gripper = GripperMotion(initial_gripper)
+        self.plant = plant if plant is not None else Plant(self.motion, self.gripper)
         self.push = push
         self._warned: Set[str] = set()
         self._handlers: Dict[str, Handler] = {
@@ -276,20 +340,21 @@ class ControllerProtocol:
         """The realtime push message of the current state."""
         n = self.model.dof
         cfg = self.push
-        pose = self.motion.flange_pose()
+        q = self.plant.joints_rad()
+        pose = flange_pose(self.model, q)
         tel = self._joint_telemetry()
         joint_status: Json = {
             "joint_current": tel["current"],
             "joint_en_flag": [int(self.motion.powered)] * n,
             "joint_err_code": [0] * n,
-            "joint_position": _milli_deg(self.motion.joints_rad),
+            "joint_position": _milli_deg(q),
             "joint_temperature": tel["temperature"],
             "joint_voltage": tel["voltage"],
         }
         if cfg.custom.get("joint_speed", False):
             # The SDK divides by 100; its struct documents 0.01 deg/s.
             joint_status["joint_speed"] = [int(round(math.degrees(v) * 100))
-                                           for v in self.motion.velocities_rad_s]
+                                           for v in self.plant.velocities_rad_s()]
         packet: Json = {
             "state": "realtime_arm_joint_state",
             "err": self._wire_errors(),
@@ -312,7 +377,7 @@ class ControllerProtocol:
 
     # ---- wire views of the state ----------------------------------------------------------------
     def _wire_pose(self) -> List[int]:
-        pose = self.motion.flange_pose()
+        pose = flange_pose(self.model, self.plant.joints_rad())
         return ([int(round(x * 1e6)) for x in pose.position_m]
                 + [int(round(a * 1000)) for a in pose.euler_rad])
 
@@ -343,7 +408,7 @@ class ControllerProtocol:
         # Blocking rm_movej polls this; "none" while it waits makes it return -6.
         kind = "movej" if self.motion.planned_move_active else "none"
         return {"state": "arm_current_trajectory", "type": kind,
-                "data": _milli_deg(self.motion.joints_rad)}
+                "data": _milli_deg(self.plant.joints_rad())}
 
     def _h_get_realtime_push(self, p: Json, c: int, now: float) -> Json:
         cfg = self.push
@@ -397,11 +462,11 @@ class ControllerProtocol:
 
     def _h_current_arm_state(self, p: Json, c: int, now: float) -> Json:
         return {"state": "current_arm_state", "arm_state": {
-            "joint": _milli_deg(self.motion.joints_rad), "pose": self._wire_pose(),
+            "joint": _milli_deg(self.plant.joints_rad()), "pose": self._wire_pose(),
             "err": self._wire_errors()}}
 
     def _h_joint_degree(self, p: Json, c: int, now: float) -> Json:
-        return {"state": "joint_degree", "joint": _milli_deg(self.motion.joints_rad)}
+        return {"state": "joint_degree", "joint": _milli_deg(self.plant.joints_rad())}
 
     def _h_all_state(self, p: Json, c: int, now: float) -> Json:
         n = self.model.dof
@@ -459,7 +524,7 @@ class ControllerProtocol:
     def _h_gripper_state(self, p: Json, c: int, now: float) -> Json:
         return {"command": "get_gripper_state", "enable": 1, "status": 1, "error": 0,
                 "mode": self.gripper.mode, "current_force": 0, "temperature": 30,
-                "actpos": int(round(self.gripper.position))}
+                "actpos": int(round(self.plant.gripper_wire()))}
 
     def _h_clear_system_err(self, p: Json, c: int, now: float) -> Json:
         self.motion.clear_errors()
