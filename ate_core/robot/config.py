@@ -162,6 +162,9 @@ class SimConfig:
     """`sim:=true`: each arm's controller is an emulator on loopback, driven by the real SDK."""
 
     arms: SimArmsConfig = SimArmsConfig()
+    twin: bool = checked(False, doc="the controllers run on the MuJoCo twin's physics and the "
+                                    "cameras show its rendered scene (false: idealised "
+                                    "controllers and a test pattern)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,14 +175,16 @@ class SimConfig:
 class CameraConfig:
     """One camera: where frames come from and how they are published.
 
-    ``source``: ``v4l2`` (a device through OpenCV), ``video`` (a file, looped) or ``sim`` (the
-    simulated scene). Frames are published at ``width`` x ``height``; ``horizontal_fov_deg``
+    ``source``: ``v4l2`` (a device through OpenCV), ``video`` (a file, looped), ``sim`` (a
+    moving test pattern) or ``twin`` (the twin's rendered frames, from shared memory). Frames are published at ``width`` x ``height``; ``horizontal_fov_deg``
     gives the pinhole intrinsics of ``camera_info`` until a calibration is loaded.
     """
 
-    source: str = checked("sim", check=one_of("v4l2", "video", "sim"),
-                          doc="where frames come from: v4l2, video or sim")
-    device: str = checked("/dev/video0", check=nonempty, doc="v4l2: device path or index")
+    source: str = checked("sim", check=one_of("v4l2", "video", "sim", "twin"),
+                          doc="where frames come from: v4l2, video, sim or twin")
+    device: str = checked("/dev/video0", check=nonempty,
+                          doc="v4l2: device path or index; twin: the shared-memory block of its "
+                              "frames")
     video_file: str = checked("", doc="video: the file, played in a loop")
     width: int = checked(640, check=in_range(16, 8192), doc="published image width, px")
     height: int = checked(480, check=in_range(16, 8192), doc="published image height, px")
@@ -346,12 +351,24 @@ class BimanualConfig:
                                           "(letters, digits, '_')")
 
 
+def twin_frame_block(ip: str, tcp_port: int, camera: str) -> str:
+    """The shared-memory block of ``camera``'s frames from the twin whose first controller
+    serves ``ip:tcp_port``: the twin host and the camera nodes of one config find each other,
+    two stacks on one machine do not."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", f"ate_twin_{ip}_{tcp_port}_{camera}")
+
+
 def simulated(cfg: BimanualConfig) -> BimanualConfig:
     """The same robot with every arm pointed at its emulator endpoint from ``cfg.sim`` and
-    every camera showing the simulated scene."""
+    every camera showing the simulated scene: the twin's render (``sim.twin``) or the test
+    pattern."""
     arms = {side: dataclasses.replace(arm, ip=ep.ip, tcp_port=ep.tcp_port, udp_port=ep.udp_port)
             for (side, arm), ep in zip(cfg.arms.items(), (cfg.sim.arms.left, cfg.sim.arms.right))}
-    cameras = {name: dataclasses.replace(cam, source="sim") for name, cam in cfg.cameras.items()}
+    first = cfg.sim.arms.left
+    cameras = {name: (dataclasses.replace(cam, source="twin", device=twin_frame_block(
+                          first.ip, first.tcp_port, name))
+                      if cfg.sim.twin else dataclasses.replace(cam, source="sim"))
+               for name, cam in cfg.cameras.items()}
     return dataclasses.replace(cfg, arms=ArmsConfig(**arms), cameras=cameras)
 
 

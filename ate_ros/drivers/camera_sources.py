@@ -1,4 +1,5 @@
-"""Where camera frames come from: a V4L2 device, a video file played in a loop, or the simulation.
+"""Where camera frames come from: a V4L2 device, a video file played in a loop, or the simulation
+(a test pattern, or the twin's rendered frames).
 
 Every source delivers uint8 RGB frames at the configured size, stamped by the clock it is
 given (the node passes the ROS clock) at the moment the frame was obtained, so images carry
@@ -24,9 +25,10 @@ import numpy as np
 
 from ate_core.robot.config import CameraConfig
 from ate_ros.sim.camera_pattern import CameraPattern
+from ate_ros.sim.frame_shm import FrameReader
 
 __all__ = ["CameraError", "Frame", "CameraSource", "V4L2Source", "VideoFileSource",
-           "PatternSource", "open_source"]
+           "PatternSource", "TwinSource", "open_source"]
 
 ClockNs = Callable[[], int]
 
@@ -337,7 +339,64 @@ class V4L2Source(CameraSource):
             self._cap = None
 
 
-_SOURCES = {cls.kind: cls for cls in (V4L2Source, VideoFileSource, PatternSource)}
+class TwinSource(CameraSource):
+    """The twin's rendered frames: the newest one in the shared-memory block ``cfg.device``
+    that the twin host (`ate_ros.sim.twin_host`) writes at the camera's rate.
+
+    ``read`` waits for a frame newer than the last one; frames the host wrote meanwhile count
+    as dropped. A frame is stamped with the time it was rendered, on the given clock.
+    """
+
+    kind = "twin"
+    #: How often a read looks for a new frame, in frame periods.
+    POLL_PERIODS = 0.1
+    #: A host that wrote nothing for this many frame periods is gone (its camera has failed).
+    SILENT_PERIODS = 30
+
+    def __init__(self, name: str, cfg: CameraConfig, clock_ns: ClockNs,
+                 stop: Optional[threading.Event] = None) -> None:
+        super().__init__(name, cfg, clock_ns, stop)
+        self._reader: Optional[FrameReader] = None
+        self._last = 0
+
+    @property
+    def where(self) -> str:
+        return f"shared memory {self.cfg.device!r}"
+
+    def open(self) -> None:
+        self.close()
+        try:
+            self._reader = FrameReader(self.cfg.device)
+        except (FileNotFoundError, ValueError) as exc:
+            raise self.error(f"no twin host writes frames there ({exc})") from None
+        self._last = self._reader.sequence()
+
+    def read(self) -> Frame:
+        if self._reader is None:
+            raise self.error("read before open()")
+        period = 1.0 / self.cfg.fps
+        give_up = time.monotonic() + self.SILENT_PERIODS * period
+        while True:
+            got = self._reader.read()
+            if got is not None and got[0] > self._last:
+                sequence, stamp_ns, rgb = got
+                if self._last:
+                    self.dropped += sequence - self._last - 1
+                self._last = sequence
+                age_ns = time.monotonic_ns() - stamp_ns
+                return self._deliver(rgb, self._clock_ns() - age_ns)
+            if time.monotonic() > give_up:
+                raise self.error(f"no new frame for {self.SILENT_PERIODS} frame periods")
+            if self._stop.wait(self.POLL_PERIODS * period):
+                raise self.error("stopped")
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+
+_SOURCES = {cls.kind: cls for cls in (V4L2Source, VideoFileSource, PatternSource, TwinSource)}
 
 
 def open_source(name: str, cfg: CameraConfig, clock_ns: ClockNs,

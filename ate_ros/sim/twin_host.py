@@ -9,6 +9,10 @@ gripper targets, physics advances 5 ms, and what the controllers then report (UD
 queries) is what the physics measured. An arm held back by a table or a gripper closed on a cube
 is reported where it is, not where it was told to go.
 
+A second thread renders each configured camera at its configured size and rate into shared
+memory (`frame_shm`), where the camera nodes' `twin` source reads the newest frame. It copies
+the scene between two physics ticks and draws outside them, so drawing never holds physics up.
+
 Physics runs against absolute deadlines, in real time. A host too slow for it does not slow
 the robot down silently: the ticks it could not run on time are counted (and beyond
 ``MAX_CATCH_UP_TICKS`` skipped), and the node ``twin`` says so on ``/diagnostics`` with the
@@ -28,10 +32,11 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from ate_core.robot.config import BimanualConfig, load_config
+from ate_core.robot.config import BimanualConfig, CameraConfig, load_config, twin_frame_block
 from ate_core.robot.models import PUSH_CYCLE_UNIT_S
 from ate_core.twin.twin import Twin
 from ate_ros.realtime import raise_to_fifo
+from ate_ros.sim.frame_shm import FrameWriter
 from ate_ros.sim.realman_emulator import MAX_CATCH_UP_TICKS, RealManEmulator
 from ate_ros.sim.realman_protocol import ControllerProtocol, MeasuredPlant
 
@@ -41,6 +46,16 @@ _LOG = logging.getLogger(__name__)
 DIAGNOSTICS_PERIOD_S = 1.0
 #: The real-time factor below which the diagnostics warn.
 MIN_REAL_TIME_FACTOR = 0.95
+
+
+@dataclass(frozen=True)
+class CameraStats:
+    """One camera's rendering since the host started."""
+
+    frames: int
+    #: Frames not rendered because the renderer was busy past their due time.
+    dropped: int
+    render_s: float  # total time spent drawing
 
 
 @dataclass(frozen=True)
@@ -70,8 +85,12 @@ class TwinHost:
     """
 
     def __init__(self, cfg: BimanualConfig, twin: Twin,
-                 endpoints: Optional[Mapping[str, Dict[str, Any]]] = None) -> None:
+                 endpoints: Optional[Mapping[str, Dict[str, Any]]] = None,
+                 cameras: bool = True) -> None:
         self.twin = twin
+        #: The cameras rendered into shared memory: the config's that the twin has.
+        self.cameras: Dict[str, CameraConfig] = (
+            {n: c for n, c in cfg.cameras.items() if n in twin.camera_names} if cameras else {})
         sim = {"left": cfg.sim.arms.left, "right": cfg.sim.arms.right}
         self.plants: Dict[str, MeasuredPlant] = {}
         self.emulators: Dict[str, RealManEmulator] = {}
@@ -100,6 +119,10 @@ class TwinHost:
         self._worst_late_s = 0.0
         self._start_s = 0.0
         self._poses: Dict[str, np.ndarray] = {}
+        self._writers: Dict[str, FrameWriter] = {}
+        self._renderer_thread: Optional[threading.Thread] = None
+        self._camera_stats: Dict[str, CameraStats] = {
+            name: CameraStats(0, 0, 0.0) for name in self.cameras}
 
     @staticmethod
     def _plant_for(plant: MeasuredPlant) -> Any:
@@ -117,18 +140,38 @@ class TwinHost:
             for emulator in started:
                 emulator.stop()
             raise
+        try:
+            left = self.emulators[next(iter(self.emulators))]
+            for name, cam in self.cameras.items():
+                self._writers[name] = FrameWriter(twin_frame_block(left.ip, left.tcp_port, name),
+                                                  cam.width, cam.height)
+        except BaseException:
+            self.stop()
+            raise
         self._start_s = time.monotonic()
         self._thread = threading.Thread(target=self._clock, name="twin-clock", daemon=True)
         self._thread.start()
+        if self._writers:
+            self._renderer_thread = threading.Thread(target=self._render_loop,
+                                                     name="twin-render", daemon=True)
+            self._renderer_thread.start()
         return self
+
+    def frame_block(self, camera: str) -> str:
+        """The shared-memory block `camera`'s frames go to."""
+        return self._writers[camera].name
 
     def stop(self) -> None:
         """Stop the clock, then every emulator. Idempotent."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
+        for thread in (self._thread, self._renderer_thread):
+            if thread is not None:
+                thread.join()
         for emulator in self.emulators.values():
             emulator.stop()
+        for writer in self._writers.values():
+            writer.close()
+        self._writers.clear()
 
     def __enter__(self) -> "TwinHost":
         return self.start()
@@ -145,6 +188,10 @@ class TwinHost:
             ticks = self._ticks
             return TwinStats(ticks * PUSH_CYCLE_UNIT_S, time.monotonic() - self._start_s, ticks,
                              self._late, self._skipped, self._worst_late_s)
+
+    def camera_stats(self) -> Dict[str, CameraStats]:
+        with self._stats_lock:
+            return dict(self._camera_stats)
 
     def object_positions(self) -> Dict[str, np.ndarray]:
         """Each object's position (m, base frame) at the last tick."""
@@ -212,6 +259,45 @@ class TwinHost:
                 self._stop.wait(delay)
 
 
+    # ---- the cameras ---------------------------------------------------------------------------
+    def _render_loop(self) -> None:
+        from ate_core.twin.gl import require_rendering
+        from ate_core.twin.model import mujoco
+
+        require_rendering()
+        # GL contexts belong to the thread that made them: made, used and closed here.
+        renderers = {name: mujoco.Renderer(self.twin.model, height=cam.height, width=cam.width)
+                     for name, cam in self.cameras.items()}
+        try:
+            start = time.monotonic()
+            due = {name: start for name in self.cameras}
+            while not self._stop.is_set():
+                name = min(due, key=due.__getitem__)
+                delay = due[name] - time.monotonic()
+                if delay > 0 and self._stop.wait(delay):
+                    break
+                period = 1.0 / self.cameras[name].fps
+                renderer = renderers[name]
+                with self._twin_lock:
+                    self.twin.forward()
+                    renderer.update_scene(self.twin.data, camera=name)
+                stamp_ns = time.monotonic_ns()
+                rgb = renderer.render()
+                self._writers[name].write(rgb, stamp_ns)
+                now = time.monotonic()
+                # The next frame is due a period after this one's due time; those already
+                # past are not drawn late, they are dropped.
+                missed = max(int((now - due[name]) / period), 0)
+                due[name] += (missed + 1) * period
+                with self._stats_lock:
+                    s = self._camera_stats[name]
+                    self._camera_stats[name] = CameraStats(
+                        s.frames + 1, s.dropped + missed, s.render_s + now - stamp_ns * 1e-9)
+        finally:
+            for renderer in renderers.values():
+                renderer.close()
+
+
 # ---- the ROS side ---------------------------------------------------------------------------
 def diagnostics_node(host: TwinHost) -> Any:
     """The rclpy node ``twin``: the host's real-time factor, late ticks, sim time and object
@@ -236,6 +322,11 @@ def diagnostics_node(host: TwinHost) -> Any:
             "wall_time_s": f"{s.wall_time_s:.3f}", "ticks": s.ticks,
             "late_ticks": s.late_ticks, "skipped_ticks": s.skipped_ticks,
             "worst_lateness_ms": f"{s.worst_lateness_s * 1e3:.1f}"}
+        wall = max(s.wall_time_s, 1e-9)
+        for name, cam in host.camera_stats().items():
+            values[f"camera.{name}.fps"] = f"{cam.frames / wall:.1f}"
+            values[f"camera.{name}.dropped"] = cam.dropped
+            values[f"camera.{name}.render_ms"] = f"{cam.render_s / max(cam.frames, 1) * 1e3:.1f}"
         for name, xyz in host.object_positions().items():
             values[f"object.{name}"] = " ".join(f"{v:.4f}" for v in xyz)
         pub.publish(diagnostic_array(node.get_clock().now().to_msg(), diagnostic_status(
@@ -252,6 +343,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         prog="ate_twin",
         description="Both arms' RealMan controller emulators on the MuJoCo twin's physics.")
     parser.add_argument("--config", required=True, help="the robot's config (bimanual.yaml)")
+    parser.add_argument("--no-cameras", action="store_true",
+                        help="physics only: render no camera (the camera nodes then wait)")
     parser.add_argument("--seed", type=int, default=0, help="scene seed of the twin's reset")
     parser.add_argument("--realtime-priority", type=int, default=0, metavar="N",
                         help="SCHED_FIFO priority for every thread (0: normal scheduling)")
@@ -275,7 +368,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         cfg = load_config(args.config)
         twin = Twin(TwinRobot.from_config(cfg))
         twin.reset(args.seed)
-        host = TwinHost(cfg, twin).start()
+        host = TwinHost(cfg, twin, cameras=not args.no_cameras).start()
     except (KeyError, ValueError, OSError) as exc:
         print(f"ate_twin: {exc}", file=sys.stderr)
         return 2
