@@ -1,7 +1,8 @@
 """``ate_bringup``: the simulated bimanual robot, one process per node, and a status report.
 
 This is what ``ros2 launch ate_ros bimanual.launch.py sim:=true`` starts, started without the
-``launch`` tool: an emulator of each arm's controller (``ate_realman_emulator``), then every
+``launch`` tool: the twin host with each arm's controller on the physics (``ate_twin``; with
+``--no-twin`` an idealised emulator per arm, ``ate_realman_emulator``), then every
 node of ``ate_ros.graph.robot_graph`` in a process of its own, with the command line and
 parameter file launch_ros gives it: both arm drivers, the joint-state aggregator, the simulated
 cameras, with ``--checkpoint`` the inference node, and the supervisor. Each arm driver needs a
@@ -54,7 +55,8 @@ from trajectory_msgs.msg import JointTrajectory
 from ate_core.config import ConfigError
 from ate_core.robot.config import BimanualConfig, load_config
 from ate_core.robot.from_config import layout_from_config
-from ate_ros.graph import EmulatorSpec, NodeSpec, in_process, robot_graph, sim_controllers
+from ate_ros.graph import (EmulatorSpec, NodeSpec, controllers_of, in_process, robot_graph,
+                           sim_hardware)
 from ate_ros.node_host import NodeHost
 from ate_ros.realtime import raise_process_to_fifo
 from ate_ros.resources import default_config_path
@@ -191,12 +193,13 @@ class ProcessGroup:
 
 @dataclass(frozen=True)
 class Launched:
-    """One process of the stack: an emulator or a node, and its command line."""
+    """One process of the stack: the twin host, an emulator or a node, and its command line."""
 
     name: str
     argv: Tuple[str, ...]
     node: Optional[NodeSpec] = None
-    emulator: Optional[EmulatorSpec] = None
+    #: The emulated controllers this process serves (the twin host serves every arm's).
+    controllers: Tuple[EmulatorSpec, ...] = ()
     #: The node's parameter file: its path (in ``argv``) and content, as launch_ros writes it.
     params_file: Optional[Path] = None
     params_yaml: str = ""
@@ -210,13 +213,14 @@ def process_of(plan: Sequence[Launched], executable: str, **parameters: object) 
 
 
 def stack_plan(cfg: BimanualConfig, config_file: str, checkpoint: str,
-               params_dir: Path) -> Tuple[List[Launched], List[NodeSpec]]:
+               params_dir: Path, twin: Optional[bool] = None
+               ) -> Tuple[List[Launched], List[NodeSpec]]:
     """What ``bimanual.launch.py sim:=true`` starts, in its order: (processes, nodes left to
     ``ros2 launch``). Nothing is written or started here."""
-    plan = [Launched(spec.name, tuple(spec.command()), emulator=spec)
-            for spec in sim_controllers(cfg)]
+    plan = [Launched(spec.name, tuple(spec.command()), controllers=controllers_of(spec))
+            for spec in sim_hardware(cfg, config_file, twin)]
     ours, external = in_process(robot_graph(cfg, config_file, urdf_xml="", sim=True,
-                                            checkpoint=checkpoint))
+                                            checkpoint=checkpoint, twin=twin))
     for spec in ours:
         name = spec.fully_qualified_name.lstrip("/")
         params = params_dir / f"{name.replace('/', '.')}.yaml"
@@ -448,8 +452,7 @@ def report(cfg: BimanualConfig, plan: Sequence[Launched], external: Sequence[Nod
     layout = layout_from_config(cfg)
     lines = [f"ate_bringup: simulated bimanual robot, {len(plan)} processes (output in {log_dir})"]
     for item in plan:
-        if item.emulator is not None:
-            spec = item.emulator
+        for spec in item.controllers:
             controller = EmulatedController(spec, 0)
             lines.append(f"  controller {spec.side:<5} "
                          f"{controller.describe(snap.controllers.get(spec.side))}")
@@ -571,6 +574,8 @@ class Bringup:
                  watch: StackWatch, stop: threading.Event) -> None:
         self.cfg, self.plan, self.procs, self.watch, self.stop = cfg, plan, procs, watch, stop
         self.controllers: Dict[str, EmulatedController] = {}
+        #: The process serving each arm's controller.
+        self.controller_process: Dict[str, str] = {}
         self.failed = False
 
     def check_children(self) -> bool:
@@ -592,7 +597,7 @@ class Bringup:
                 item.params_file.parent.mkdir(parents=True, exist_ok=True)
                 item.params_file.write_text(item.params_yaml)
             self.procs.start(item.name, item.argv)
-            if item.emulator is not None and not self._wait_for_emulator(item):
+            if item.controllers and not self._wait_for_emulator(item):
                 return False
         return True
 
@@ -601,9 +606,13 @@ class Bringup:
         # each of them a reconnect.
         deadline = time.monotonic() + EMULATOR_TIMEOUT_S
         while not self.stop.is_set() and self.check_children():
-            controller = EmulatedController.from_output(item.emulator, self.procs.output(item.name))
-            if controller is not None:
-                self.controllers[item.emulator.side] = controller
+            output = self.procs.output(item.name)
+            for spec in item.controllers:
+                controller = EmulatedController.from_output(spec, output)
+                if controller is not None:
+                    self.controllers[spec.side] = controller
+                    self.controller_process[spec.side] = item.name
+            if all(spec.side in self.controllers for spec in item.controllers):
                 return True
             if time.monotonic() > deadline:
                 print(f"ate_bringup: {item.name} not listening after {EMULATOR_TIMEOUT_S:.0f} s; "
@@ -668,7 +677,7 @@ class Bringup:
     def snapshot(self) -> Snapshot:
         snap = self.watch.snapshot()
         for side, controller in self.controllers.items():
-            if self.procs.alive(controller.spec.name):
+            if self.procs.alive(self.controller_process[side]):
                 try:
                     snap.controllers[side] = controller.state(timeout_s=1.0)
                 except EmulatorUnreachable:
@@ -688,6 +697,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="policy checkpoint: also run the inference node on it")
     parser.add_argument("--engage", action="store_true",
                         help="hand control to the policy once it is publishing chunks")
+    parser.add_argument("--no-twin", action="store_true",
+                        help="idealised controller emulators and a camera test pattern instead "
+                             "of the MuJoCo twin")
     parser.add_argument("--log-dir", type=Path, default=None,
                         help="where each process's output goes (default: a new directory under "
                              "ROS_LOG_DIR or ~/.ros/log)")
@@ -703,14 +715,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     log_dir = args.log_dir or default_log_dir()
     try:
-        plan, external = stack_plan(cfg, args.config, args.checkpoint, log_dir / "params")
+        plan, external = stack_plan(cfg, args.config, args.checkpoint, log_dir / "params",
+                                    twin=False if args.no_twin else None)
     except FileNotFoundError as e:
         print(f"ate_bringup: {e}", file=sys.stderr)
         return 2
     procs = ProcessGroup(log_dir, child_env(args.domain_id))
     nodes = sum(item.node is not None for item in plan)
-    print(f"ate_bringup: starting {len(plan) - nodes} emulated controllers and {nodes} nodes, "
-          f"one process each; their output goes to {log_dir}", flush=True)
+    controllers = sum(len(item.controllers) for item in plan)
+    print(f"ate_bringup: starting {controllers} emulated controllers in {len(plan) - nodes} "
+          f"process(es) and {nodes} nodes, one process each; their output goes to {log_dir}",
+          flush=True)
     with NodeHost(domain_id=args.domain_id, name="bringup") as host:
         bringup = Bringup(cfg, plan, procs, StackWatch(host.node("bringup_status"), cfg), stop)
         try:

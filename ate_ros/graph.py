@@ -16,7 +16,7 @@ import sys
 import sysconfig
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, ClassVar, Dict, List, Optional, Tuple
+from typing import Callable, ClassVar, Dict, List, Optional, Tuple, Union
 
 import yaml
 
@@ -119,14 +119,47 @@ class EmulatorSpec:
         return [*executable_command(self.executable), *self.argv()]
 
 
+@dataclass(frozen=True)
+class TwinSpec:
+    """The twin host (sim with ``sim.twin``): every arm's emulated controller on the MuJoCo
+    physics, and the cameras' rendered frames, in one process."""
+
+    controllers: Tuple[EmulatorSpec, ...]
+    config_file: str
+    #: SCHED_FIFO priority of the host's threads (0: normal): the arms' controllers run in it.
+    realtime_priority: int = 0
+
+    executable: ClassVar[str] = "ate_twin"
+    name: ClassVar[str] = "twin"
+
+    def argv(self) -> List[str]:
+        """Arguments of the `ate_twin` console script (each controller's control port: any)."""
+        return ["--config", self.config_file, "--control-port", "0",
+                "--realtime-priority", str(self.realtime_priority)]
+
+    def command(self) -> List[str]:
+        return [*executable_command(self.executable), *self.argv()]
+
+
+SimHardware = Union[EmulatorSpec, TwinSpec]
+
+
+def controllers_of(spec: SimHardware) -> Tuple[EmulatorSpec, ...]:
+    """The emulated controllers a simulation process serves."""
+    return spec.controllers if isinstance(spec, TwinSpec) else (spec,)
+
+
 def robot_graph(cfg: BimanualConfig, config_file: str, urdf_xml: Optional[str] = None,
-                sim: bool = False, checkpoint: str = "") -> List[NodeSpec]:
+                sim: bool = False, checkpoint: str = "",
+                twin: Optional[bool] = None) -> List[NodeSpec]:
     """Every node of the bimanual robot, in start order.
 
     The supervisor comes last and starts idle: nothing moves until ``/ate/engage``. The inference
     node runs only when a checkpoint is named: ``checkpoint`` (the launch argument), else the
-    config's ``inference.checkpoint``.
+    config's ``inference.checkpoint``. ``twin`` (sim only; default: the config's ``sim.twin``)
+    tells the cameras whether they show the twin's render or the test pattern.
     """
+    use_twin = cfg.sim.twin if twin is None else twin
     specs: List[NodeSpec] = [
         NodeSpec("arm_node", "arm_driver", namespace=f"/{side}_arm",
                  parameters={"config_file": config_file, "arm": side, "sim": sim})
@@ -134,8 +167,11 @@ def robot_graph(cfg: BimanualConfig, config_file: str, urdf_xml: Optional[str] =
     ]
     specs.append(NodeSpec("joint_state_aggregator", "joint_state_aggregator",
                           parameters={"config_file": config_file}))
+    camera_sim: Dict[str, object] = {"sim": sim}
+    if sim and use_twin != cfg.sim.twin:
+        camera_sim["sim.twin"] = use_twin
     specs += [NodeSpec("camera_node", f"{name}_camera",
-                       parameters={"config_file": config_file, "camera": name, "sim": sim})
+                       parameters={"config_file": config_file, "camera": name, **camera_sim})
               for name in cfg.cameras]
     if checkpoint or cfg.inference.checkpoint:
         params: Dict[str, object] = {"config_file": config_file}
@@ -158,6 +194,17 @@ def sim_controllers(cfg: BimanualConfig) -> List[EmulatorSpec]:
                          tuple(math.degrees(q) for q in arm.home_rad),
                          realtime_priority=arm.realtime_priority)
             for side, arm in cfg.arms.items()]
+
+
+def sim_hardware(cfg: BimanualConfig, config_file: str,
+                 twin: Optional[bool] = None) -> List[SimHardware]:
+    """The processes that stand for the robot in sim, started before the nodes: one twin host
+    (``twin``, default the config's ``sim.twin``) or one idealised emulator per arm."""
+    controllers = sim_controllers(cfg)
+    if cfg.sim.twin if twin is None else twin:
+        return [TwinSpec(tuple(controllers), config_file,
+                         max(c.realtime_priority for c in controllers))]
+    return list(controllers)
 
 
 def in_process(specs: List[NodeSpec]) -> Tuple[List[NodeSpec], List[NodeSpec]]:

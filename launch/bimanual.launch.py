@@ -1,12 +1,15 @@
 """The dual-arm robot: ``ros2 launch ate_ros bimanual.launch.py [sim:=true] [config_file:=...]
-[checkpoint:=...] [rviz:=true] [emulator_log_dir:=...]``.
+[checkpoint:=...] [rviz:=true] [twin:=false] [emulator_log_dir:=...]``.
 
 Everything starts idle: the supervisor commands nothing until ``/ate/engage`` is called
 (``ros2 service call /ate/engage std_srvs/srv/SetBool "{data: true}"``); ``/ate/estop`` latches a
 stop that only ``/ate/rearm`` releases.
 
-``sim:=true`` starts an emulator of each arm's controller on loopback (the `sim` section of the
-config) and points the arm drivers at them; everything else is the real-robot graph.
+``sim:=true`` starts each arm's controller on loopback (the `sim` section of the config) and
+points the arm drivers at them; everything else is the real-robot graph. With the config's
+``sim.twin`` (or ``twin:=true``) one process, ``ate_twin``, runs both controllers on the MuJoCo
+twin's physics and renders the cameras; ``twin:=false`` starts an idealised emulator per arm
+and the cameras show a test pattern.
 ``emulator_log_dir:=DIR`` has each emulator write what it received to
 ``DIR/emulator_<arm>.jsonl`` (JSON lines; tests read them).
 
@@ -36,7 +39,7 @@ from launch_ros.parameter_descriptions import ParameterValue
 from ate_core.robot.config import load_config
 from ate_core.robot.from_config import layout_from_config
 from ate_core.robot.urdf import bimanual_urdf
-from ate_ros.graph import robot_graph, sim_controllers
+from ate_ros.graph import TwinSpec, robot_graph, sim_hardware
 from ate_ros.resources import missing_executable as missing, share_dir
 
 #: What the robot loses without a node of another package.
@@ -69,7 +72,10 @@ def _robot_nodes(context):
     log_dir = LaunchConfiguration("emulator_log_dir").perform(context)
     cfg = load_config(config_file)
     urdf = bimanual_urdf(layout_from_config(cfg), robot_name=cfg.robot_name)
-    specs = robot_graph(cfg, config_file, urdf_xml=urdf, sim=sim, checkpoint=checkpoint)
+    twin_arg = LaunchConfiguration("twin").perform(context).strip()
+    twin = None if not twin_arg else _flag(context, "twin")
+    specs = robot_graph(cfg, config_file, urdf_xml=urdf, sim=sim, checkpoint=checkpoint,
+                        twin=twin)
 
     # Every package check comes before any action: a missing package is skipped with a line,
     # never a failure after the nodes before it have started.
@@ -91,14 +97,19 @@ def _robot_nodes(context):
 
     actions = list(notes)
     if sim:
-        emulator = os.path.join(get_package_prefix("ate_ros"), "lib", "ate_ros",
-                                "ate_realman_emulator")
         if log_dir:
             os.makedirs(log_dir, exist_ok=True)
-        for spec in sim_controllers(cfg):
-            log = ["--log", os.path.join(log_dir, f"emulator_{spec.side}.jsonl")] if log_dir else []
-            actions.append(ExecuteProcess(cmd=[emulator, *spec.argv(), *log],
-                                          name=f"emulator_{spec.side}", output="screen"))
+        for hw in sim_hardware(cfg, config_file, twin):
+            executable = os.path.join(get_package_prefix("ate_ros"), "lib", "ate_ros",
+                                      hw.executable)
+            if not log_dir:
+                log = []
+            elif isinstance(hw, TwinSpec):
+                log = ["--log-dir", log_dir]
+            else:
+                log = ["--log", os.path.join(log_dir, f"emulator_{hw.side}.jsonl")]
+            actions.append(ExecuteProcess(cmd=[executable, *hw.argv(), *log], name=hw.name,
+                                          output="screen"))
     for spec in runnable:
         params = {k: ParameterValue(v, value_type=str) if isinstance(v, str) else v
                   for k, v in spec.parameters.items()}
@@ -121,6 +132,11 @@ def generate_launch_description():
                                           "no inference node)"),
         DeclareLaunchArgument("rviz", default_value="false",
                               description="start RViz (where rviz2 is installed)"),
+        DeclareLaunchArgument("twin", default_value="",
+                              description="sim: the controllers on the MuJoCo twin's physics "
+                                          "and the cameras on its render (true), or idealised "
+                                          "emulators and a test pattern (false); default: the "
+                                          "config's sim.twin"),
         DeclareLaunchArgument("emulator_log_dir", default_value="",
                               description="sim: each emulator logs what it received to "
                                           "DIR/emulator_<arm>.jsonl (default: no log)"),

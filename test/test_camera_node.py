@@ -109,9 +109,11 @@ def test_compressed_images_are_encoded_only_while_subscribed_and_match_the_raw_f
 
 def test_diagnostics_report_the_camera_with_its_measured_fps(ros):
     diagnostics = ros.subscribe(DiagnosticArray, "/diagnostics")
-    # A device camera (as shipped) under sim=true shows the simulated scene instead.
-    ros.start(CameraNode, "head", config=head_config(source="v4l2", width=320, height=240),
-              sim=True)
+    # A device camera (as shipped) under sim=true shows the simulated scene instead (here the
+    # test pattern: no twin runs).
+    cfg = replace_in(head_config(source="v4l2", width=320, height=240), {"sim.twin": False},
+                     source="test")
+    ros.start(CameraNode, "head", config=cfg, sim=True)
     # The first report may cover the start-up; a later one measures a whole second of frames.
     ros.wait_for(lambda: len([m for m in diagnostics.messages
                               if any(s.name == "head camera" for s in m.status)]) >= 3,
@@ -128,6 +130,7 @@ def test_camera_and_sim_come_from_parameters_as_under_ros2_run(ros):
     images = ros.subscribe(Image, "/cameras/left_wrist/image_raw", qos_profile_sensor_data)
     node = ros.start(CameraNode, parameter_overrides=[
         Parameter("camera", value="left_wrist"), Parameter("sim", value=True),
+        Parameter("sim.twin", value=False),
         Parameter("config_file", value=str(REPO / "config/bimanual.yaml")),
         Parameter("cameras.left_wrist.width", value=160),
         Parameter("cameras.left_wrist.height", value=120)])

@@ -33,7 +33,9 @@ def checkpoint(tmp_path_factory):
 
 def test_policy_chunks_move_both_emulated_arms_through_the_supervisor(ros, checkpoint):
     with emulated_arms(ros) as rig:
-        cfg = simulated(rig.cfg)  # cameras show the simulated scene
+        # Cameras show the simulated scene: the test pattern (the emulators have no twin).
+        cfg = simulated(dataclasses.replace(rig.cfg, sim=dataclasses.replace(rig.cfg.sim,
+                                                                             twin=False)))
         cfg = dataclasses.replace(
             cfg, arms=rig.cfg.arms,  # ...but keep the rig's emulator endpoints
             cameras={"head": dataclasses.replace(cfg.cameras["head"], width=160, height=120)})

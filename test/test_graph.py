@@ -16,7 +16,8 @@ import yaml
 from ate_core.robot.config import load_config
 from ate_ros import graph
 from ate_ros.bringup import stack_plan
-from ate_ros.graph import NodeSpec, executable_command, in_process, robot_graph, sim_controllers
+from ate_ros.graph import (NodeSpec, executable_command, in_process, robot_graph,
+                           sim_controllers, sim_hardware)
 from ate_ros.sim.realman_emulator import parse_args as emulator_args
 from conftest import REPO
 
@@ -114,7 +115,8 @@ def test_a_node_without_an_installed_script_runs_through_this_interpreter(monkey
         executable_command("no_such_node")
 
 
-def _launch_processes(tmp_path: Path, monkeypatch, config: Path, checkpoint: str):
+def _launch_processes(tmp_path: Path, monkeypatch, config: Path, checkpoint: str,
+                      twin: str = ""):
     """Run the launch file's OpaqueFunction as `ros2 launch ... sim:=true` would, and return
     (emulator commands, nodes as (package, executable, name, namespace, argv after the
     executable, parameter files' contents)) without starting anything."""
@@ -138,7 +140,7 @@ def _launch_processes(tmp_path: Path, monkeypatch, config: Path, checkpoint: str
     spec.loader.exec_module(module)
     context = LaunchContext()
     context.launch_configurations.update(
-        {"sim": "true", "config_file": str(config), "checkpoint": checkpoint})
+        {"sim": "true", "config_file": str(config), "checkpoint": checkpoint, "twin": twin})
     actions = []
     for entity in module.generate_launch_description().entities:
         if isinstance(entity, DeclareLaunchArgument):
@@ -166,27 +168,34 @@ def _launch_processes(tmp_path: Path, monkeypatch, config: Path, checkpoint: str
     return emulators, nodes
 
 
+@pytest.mark.parametrize("twin, hardware", [
+    ("", [("twin", "ate_twin")]),
+    ("false", [("emulator_left", "ate_realman_emulator"),
+               ("emulator_right", "ate_realman_emulator")])], ids=["twin", "emulators"])
 def test_launch_file_and_bringup_start_the_same_processes_with_the_same_parameters(
-        tmp_path, monkeypatch):
+        tmp_path, monkeypatch, twin, hardware):
     pytest.importorskip("launch", reason="`launch` is not installed (run "
                         "../shared/ros2_launch/install.sh .venv, as scripts/bootstrap.sh does)")
     pytest.importorskip("launch_ros", reason="`launch_ros` is not installed")
     config = REPO / "config/bimanual.yaml"
     checkpoint = "1.0"  # a checkpoint path that reads like a number must stay a string
-    emulators, nodes = _launch_processes(tmp_path, monkeypatch, config, checkpoint)
+    emulators, nodes = _launch_processes(tmp_path, monkeypatch, config, checkpoint, twin)
 
     cfg = load_config(config)
-    plan, _ = stack_plan(cfg, str(config), checkpoint, tmp_path / "params")
-    planned_emulators = [item for item in plan if item.emulator is not None]
+    hw = sim_hardware(cfg, str(config), twin=None if not twin else twin == "true")
+    plan, _ = stack_plan(cfg, str(config), checkpoint, tmp_path / "params",
+                         twin=None if not twin else twin == "true")
+    planned_emulators = [item for item in plan if item.controllers]
     planned_nodes = [item for item in plan if item.node is not None]
     assert [item.name for item in plan] == (
         [item.name for item in planned_emulators] + [item.name for item in planned_nodes])
+    assert [c.side for item in planned_emulators for c in item.controllers] == ["left", "right"]
 
     assert [name for name, _ in emulators] == [item.name for item in planned_emulators] == \
-        ["emulator_left", "emulator_right"]
-    for (_, cmd), item in zip(emulators, planned_emulators):
-        assert Path(cmd[0]).name == "ate_realman_emulator"
-        assert cmd[1:] == list(item.argv[-len(cmd[1:]):]) == item.emulator.argv()
+        [name for name, _ in hardware]
+    for (_, cmd), item, spec, (_, executable) in zip(emulators, planned_emulators, hw, hardware):
+        assert Path(cmd[0]).name == executable
+        assert cmd[1:] == list(item.argv[-len(cmd[1:]):]) == spec.argv()
 
     assert [n[:4] for n in nodes] == [(item.node.package, item.node.executable, item.node.name,
                                        item.node.namespace) for item in planned_nodes]
@@ -207,3 +216,19 @@ def test_launch_file_and_bringup_start_the_same_processes_with_the_same_paramete
     inference = next(item for item in planned_nodes if item.node.executable == "inference_node")
     assert yaml.safe_load(inference.params_yaml)["/**"]["ros__parameters"][
         "inference.checkpoint"] == "1.0"
+
+
+def test_sim_hardware_is_one_twin_host_serving_both_controllers_unless_the_twin_is_off():
+    cfg = load_config(REPO / "config/bimanual.yaml")
+    assert cfg.sim.twin
+    (twin,) = sim_hardware(cfg, "robot.yaml")
+    assert twin.controllers == tuple(sim_controllers(cfg))
+    assert twin.argv()[:2] == ["--config", "robot.yaml"]
+    assert Path(twin.command()[0]).name == "ate_twin" or twin.command()[1] == "-c"
+    assert sim_hardware(cfg, "robot.yaml", twin=False) == sim_controllers(cfg)
+    # The cameras are told only when the choice differs from the config's.
+    cameras = [s for s in robot_graph(cfg, "robot.yaml", sim=True, twin=False)
+               if s.executable == "camera_node"]
+    assert cameras and all(s.parameters["sim.twin"] is False for s in cameras)
+    assert all("sim.twin" not in s.parameters for s in robot_graph(cfg, "robot.yaml", sim=True)
+               if s.executable == "camera_node")

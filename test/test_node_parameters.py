@@ -66,7 +66,8 @@ def expected_sections(spec: NodeSpec) -> Tuple[str, ...]:
         side = spec.parameters["arm"]
         return (f"arms.{side}", "gripper", "topics") + ((f"sim.arms.{side}",)
                                                         if spec.parameters["sim"] else ())
-    return {"camera_node": (f"cameras.{spec.parameters.get('camera')}", "topics"),
+    return {"camera_node": (f"cameras.{spec.parameters.get('camera')}", "topics", "sim.twin",
+                            "sim.camera_width", "sim.camera_height", "sim.camera_fps"),
             "joint_state_aggregator": ("arms", "topics"),
             "inference_node": ("arms", "cameras", "topics", "inference"),
             "supervisor_node": ("arms", "gripper", "topics", "supervisor")}[spec.executable]

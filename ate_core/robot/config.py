@@ -162,9 +162,17 @@ class SimConfig:
     """`sim:=true`: each arm's controller is an emulator on loopback, driven by the real SDK."""
 
     arms: SimArmsConfig = SimArmsConfig()
-    twin: bool = checked(False, doc="the controllers run on the MuJoCo twin's physics and the "
+    twin: bool = checked(True, doc="the controllers run on the MuJoCo twin's physics and the "
                                     "cameras show its rendered scene (false: idealised "
                                     "controllers and a test pattern)")
+    # Rendering three 640x480 cameras at 30 fps takes most of a core in software GL, and the
+    # whole stack runs on two: the twin's cameras render smaller and slower.
+    camera_width: int = checked(320, check=in_range(16, 8192),
+                                doc="twin: width of every rendered camera, px")
+    camera_height: int = checked(240, check=in_range(16, 8192),
+                                 doc="twin: height of every rendered camera, px")
+    camera_fps: float = checked(15.0, check=in_range(0.5, 240.0),
+                                doc="twin: frame rate of every rendered camera, Hz")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -360,14 +368,16 @@ def twin_frame_block(ip: str, tcp_port: int, camera: str) -> str:
 
 def simulated(cfg: BimanualConfig) -> BimanualConfig:
     """The same robot with every arm pointed at its emulator endpoint from ``cfg.sim`` and
-    every camera showing the simulated scene: the twin's render (``sim.twin``) or the test
-    pattern."""
+    every camera showing the simulated scene: the twin's render at the ``sim`` section's camera
+    size and rate (``sim.twin``), or the test pattern."""
     arms = {side: dataclasses.replace(arm, ip=ep.ip, tcp_port=ep.tcp_port, udp_port=ep.udp_port)
             for (side, arm), ep in zip(cfg.arms.items(), (cfg.sim.arms.left, cfg.sim.arms.right))}
-    first = cfg.sim.arms.left
-    cameras = {name: (dataclasses.replace(cam, source="twin", device=twin_frame_block(
-                          first.ip, first.tcp_port, name))
-                      if cfg.sim.twin else dataclasses.replace(cam, source="sim"))
+    sim, first = cfg.sim, cfg.sim.arms.left
+    cameras = {name: (dataclasses.replace(
+                          cam, source="twin", width=sim.camera_width, height=sim.camera_height,
+                          fps=sim.camera_fps,
+                          device=twin_frame_block(first.ip, first.tcp_port, name))
+                      if sim.twin else dataclasses.replace(cam, source="sim"))
                for name, cam in cfg.cameras.items()}
     return dataclasses.replace(cfg, arms=ArmsConfig(**arms), cameras=cameras)
 

@@ -79,7 +79,8 @@ class CameraNode(Node):
         self._thread: Optional[threading.Thread] = None
         self._stop = threading.Event()
         cfg = config if config is not None else declare_config(
-            self, (f"cameras.{camera}", "topics"))
+            self, (f"cameras.{camera}", "topics", "sim.twin", "sim.camera_width",
+                   "sim.camera_height", "sim.camera_fps"))
         if use_sim:
             cfg = simulated(cfg)  # every camera shows the simulated scene
         if camera not in cfg.cameras:

@@ -1,9 +1,11 @@
-"""The simulated robot hardware: one emulated controller per arm, each in a process of its own.
+"""The simulated robot hardware: one emulated controller per arm, in a process of its own or all
+in the twin host.
 
-``ros2 launch ate_ros bimanual.launch.py sim:=true`` and ``ate_bringup`` run the
-``ate_realman_emulator`` console script once per arm (``EmulatorSpec.command()``, at the
-config's sim endpoints, arms at home). This module knows what such a process says when it is
-up and asks it, through its control port, what it has done.
+``ros2 launch ate_ros bimanual.launch.py sim:=true`` and ``ate_bringup`` run the ``ate_twin``
+console script (``TwinSpec``), or with the twin off ``ate_realman_emulator`` once per arm
+(``EmulatorSpec.command()``), at the config's sim endpoints, arms at home. This module knows
+what such a process says when a controller is up and asks it, through its control port, what
+it has done.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ from ate_ros.graph import EmulatorSpec
 
 #: What ``ate_realman_emulator`` prints once it listens (with ``--control-port``).
 LISTENING = re.compile(r"ate_realman_emulator listening .*\bcontrol_port=(?P<control_port>\d+)")
+#: What ``ate_twin`` prints for each of its controllers once they listen.
+TWIN_LISTENING = re.compile(
+    r"ate_twin listening side=(?P<side>\w+) .*\bcontrol_port=(?P<control_port>\d+)")
 
 
 class EmulatorUnreachable(RuntimeError):
@@ -33,8 +38,10 @@ class EmulatedController:
 
     @classmethod
     def from_output(cls, spec: EmulatorSpec, output: str) -> Optional["EmulatedController"]:
-        """The controller once its output says it is listening, else None."""
-        match = LISTENING.search(output)
+        """The controller once its output (an emulator's, or the twin host's) says it is
+        listening, else None."""
+        match = LISTENING.search(output) or next(
+            (m for m in TWIN_LISTENING.finditer(output) if m.group("side") == spec.side), None)
         return cls(spec, int(match.group("control_port"))) if match else None
 
     def request(self, line: str, timeout_s: float = 1.0) -> Dict[str, Any]:

@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
+import os
 import sys
 import threading
 import time
@@ -32,7 +34,8 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from ate_core.robot.config import BimanualConfig, CameraConfig, load_config, twin_frame_block
+from ate_core.robot.config import (BimanualConfig, CameraConfig, load_config, simulated,
+                                   twin_frame_block)
 from ate_core.robot.models import PUSH_CYCLE_UNIT_S
 from ate_core.twin.twin import Twin
 from ate_ros.realtime import raise_to_fifo
@@ -343,6 +346,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         prog="ate_twin",
         description="Both arms' RealMan controller emulators on the MuJoCo twin's physics.")
     parser.add_argument("--config", required=True, help="the robot's config (bimanual.yaml)")
+    parser.add_argument("--control-port", type=int, default=None,
+                        help="give each controller the emulator's fault-injection and status "
+                             "socket on this port of its own address (0: any)")
+    parser.add_argument("--log-dir", default=None, metavar="DIR",
+                        help="each controller appends what it receives to "
+                             "DIR/emulator_<arm>.jsonl")
     parser.add_argument("--no-cameras", action="store_true",
                         help="physics only: render no camera (the camera nodes then wait)")
     parser.add_argument("--seed", type=int, default=0, help="scene seed of the twin's reset")
@@ -368,12 +377,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         cfg = load_config(args.config)
         twin = Twin(TwinRobot.from_config(cfg))
         twin.reset(args.seed)
-        host = TwinHost(cfg, twin, cameras=not args.no_cameras).start()
+        options: Dict[str, Dict[str, Any]] = {side: {} for side, _ in cfg.arms.items()}
+        for side, opts in options.items():
+            if args.control_port is not None:
+                opts["control_port"] = args.control_port
+            if args.log_dir:
+                os.makedirs(args.log_dir, exist_ok=True)
+                opts["log_path"] = os.path.join(args.log_dir, f"emulator_{side}.jsonl")
+        # The cameras as the camera nodes see them in sim (the twin's size and rate).
+        cameras = simulated(cfg).cameras
+        host = TwinHost(dataclasses.replace(cfg, cameras=cameras), twin, options,
+                        cameras=not args.no_cameras).start()
     except (KeyError, ValueError, OSError) as exc:
         print(f"ate_twin: {exc}", file=sys.stderr)
         return 2
-    endpoints = " ".join(f"{side}={e.ip}:{e.tcp_port}" for side, e in host.emulators.items())
-    print(f"ate_twin listening {endpoints}", flush=True)
+    # One line per controller, as `ate_realman_emulator` says it (`ate_ros.sim.bimanual` reads
+    # them).
+    for side, e in host.emulators.items():
+        control = "" if e.control_port is None else f" control_port={e.control_port}"
+        print(f"ate_twin listening side={side} model={e.model.name} ip={e.ip} "
+              f"tcp_port={e.tcp_port} push={e.push_config.ip}:{e.push_port}{control}",
+              flush=True)
     try:
         run_nodes(lambda: [diagnostics_node(host)], argv)
         # As the emulators do: serve the arm drivers' last stop for up to 1 s after a signal.
