@@ -1,8 +1,9 @@
 """``ate_bringup``: the simulated bimanual robot, one process per node, and a status report.
 
 This is what ``ros2 launch ate_ros bimanual.launch.py sim:=true`` starts, started without the
-``launch`` tool: the twin host with each arm's controller on the physics (``ate_twin``; with
-``--no-twin`` an idealised emulator per arm, ``ate_realman_emulator``), then every
+``launch`` tool: an idealised controller emulator per arm (``ate_realman_emulator``) or, with
+``--twin`` (config ``sim.twin``), the twin host with both controllers on MuJoCo physics
+(``ate_twin``), then every
 node of ``ate_ros.graph.robot_graph`` in a process of its own, with the command line and
 parameter file launch_ros gives it: both arm drivers, the joint-state aggregator, the simulated
 cameras, with ``--checkpoint`` the inference node, and the supervisor. Each arm driver needs a
@@ -697,9 +698,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="policy checkpoint: also run the inference node on it")
     parser.add_argument("--engage", action="store_true",
                         help="hand control to the policy once it is publishing chunks")
-    parser.add_argument("--no-twin", action="store_true",
-                        help="idealised controller emulators and a camera test pattern instead "
-                             "of the MuJoCo twin")
+    parser.add_argument("--twin", action=argparse.BooleanOptionalAction, default=None,
+                        help="the controllers on the MuJoCo twin's physics and the cameras on its "
+                             "render (--twin), or idealised emulators and a test pattern "
+                             "(--no-twin); default: the config's sim.twin")
     parser.add_argument("--log-dir", type=Path, default=None,
                         help="where each process's output goes (default: a new directory under "
                              "ROS_LOG_DIR or ~/.ros/log)")
@@ -716,7 +718,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     log_dir = args.log_dir or default_log_dir()
     try:
         plan, external = stack_plan(cfg, args.config, args.checkpoint, log_dir / "params",
-                                    twin=False if args.no_twin else None)
+                                    twin=args.twin)
     except FileNotFoundError as e:
         print(f"ate_bringup: {e}", file=sys.stderr)
         return 2

@@ -21,10 +21,10 @@ from conftest import REPO, free_port, free_udp_port, next_domain_id, next_loopba
 
 pytestmark = pytest.mark.ros  # real DDS / RealMan SDK: CI runs these with a core kept busy too
 
-#: Every process of the simulated stack: the twin host (both arms' controllers), two arm
-#: drivers, the aggregator, three cameras and the supervisor.
-PROCESSES = 8
-#: Start-up of eight Python processes on two shared cores, plus the run and the stop.
+#: Every process of the simulated stack: two emulators, two arm drivers, the aggregator, three
+#: cameras and the supervisor.
+PROCESSES = 9
+#: Start-up of nine Python processes on two shared cores, plus the run and the stop.
 DEADLINE_S = 150.0
 
 
@@ -191,8 +191,7 @@ def test_every_node_runs_in_a_process_of_its_own_and_ctrl_c_stops_them_all(tmp_p
                                         "left_wrist_camera", "right_wrist_camera", "supervisor"])
         left, right = _arm_driver(children, "left"), _arm_driver(children, "right")
         assert left != right  # each arm driver (one RealMan SDK each) in its own process
-        # Both controllers on the twin's physics, in one process.
-        assert sum("ate_twin" in " ".join(cmd) for cmd in children.values()) == 1
+        assert sum("ate_realman_emulator" in " ".join(cmd) for cmd in children.values()) == 2
         # No process of the stack is in the bringup's session: a terminal's Ctrl-C reaches
         # only the bringup.
         assert all(os.getsid(pid) == pid for pid in children)

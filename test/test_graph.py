@@ -169,9 +169,9 @@ def _launch_processes(tmp_path: Path, monkeypatch, config: Path, checkpoint: str
 
 
 @pytest.mark.parametrize("twin, hardware", [
-    ("", [("twin", "ate_twin")]),
-    ("false", [("emulator_left", "ate_realman_emulator"),
-               ("emulator_right", "ate_realman_emulator")])], ids=["twin", "emulators"])
+    ("true", [("twin", "ate_twin")]),
+    ("", [("emulator_left", "ate_realman_emulator"),
+          ("emulator_right", "ate_realman_emulator")])], ids=["twin", "emulators"])
 def test_launch_file_and_bringup_start_the_same_processes_with_the_same_parameters(
         tmp_path, monkeypatch, twin, hardware):
     pytest.importorskip("launch", reason="`launch` is not installed (run "
@@ -218,17 +218,17 @@ def test_launch_file_and_bringup_start_the_same_processes_with_the_same_paramete
         "inference.checkpoint"] == "1.0"
 
 
-def test_sim_hardware_is_one_twin_host_serving_both_controllers_unless_the_twin_is_off():
+def test_sim_hardware_is_one_twin_host_serving_both_controllers_when_the_twin_is_on():
     cfg = load_config(REPO / "config/bimanual.yaml")
-    assert cfg.sim.twin
-    (twin,) = sim_hardware(cfg, "robot.yaml")
+    assert not cfg.sim.twin  # off by default: see sim.twin in config/bimanual.yaml
+    assert sim_hardware(cfg, "robot.yaml") == sim_controllers(cfg)
+    (twin,) = sim_hardware(cfg, "robot.yaml", twin=True)
     assert twin.controllers == tuple(sim_controllers(cfg))
     assert twin.argv()[:2] == ["--config", "robot.yaml"]
     assert Path(twin.command()[0]).name == "ate_twin" or twin.command()[1] == "-c"
-    assert sim_hardware(cfg, "robot.yaml", twin=False) == sim_controllers(cfg)
     # The cameras are told only when the choice differs from the config's.
-    cameras = [s for s in robot_graph(cfg, "robot.yaml", sim=True, twin=False)
+    cameras = [s for s in robot_graph(cfg, "robot.yaml", sim=True, twin=True)
                if s.executable == "camera_node"]
-    assert cameras and all(s.parameters["sim.twin"] is False for s in cameras)
+    assert cameras and all(s.parameters["sim.twin"] is True for s in cameras)
     assert all("sim.twin" not in s.parameters for s in robot_graph(cfg, "robot.yaml", sim=True)
                if s.executable == "camera_node")

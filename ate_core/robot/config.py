@@ -162,7 +162,7 @@ class SimConfig:
     """`sim:=true`: each arm's controller is an emulator on loopback, driven by the real SDK."""
 
     arms: SimArmsConfig = SimArmsConfig()
-    twin: bool = checked(True, doc="the controllers run on the MuJoCo twin's physics and the "
+    twin: bool = checked(False, doc="the controllers run on the MuJoCo twin's physics and the "
                                     "cameras show its rendered scene (false: idealised "
                                     "controllers and a test pattern)")
     # Rendering three 640x480 cameras at 30 fps takes most of a core in software GL, and the

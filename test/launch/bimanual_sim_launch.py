@@ -229,7 +229,7 @@ class TestAfterSigint(unittest.TestCase):
         launch_testing.asserts.assertExitCodes(proc_info)
 
     def test_no_process_of_the_launch_is_left_running(self, proc_info):
-        self.assertGreaterEqual(len(list(proc_info)), 8)  # the twin host + 7 nodes at least
+        self.assertGreaterEqual(len(list(proc_info)), 9)  # 2 emulators + 7 nodes at least
         self.assertEqual(processes_left(proc_info), [])
 
     def test_each_controller_was_stopped_after_the_last_engage(self):
