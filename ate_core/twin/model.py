@@ -321,6 +321,9 @@ def build_spec(robot: TwinRobot, scene: TwinConfig = TwinConfig()) -> "mujoco.Mj
     """The twin as an ``MjSpec`` with provisional servo gains (:func:`build_model` sets them);
     ``spec.to_xml()`` shows it as MJCF."""
     spec = mujoco.MjSpec.from_string(twin_urdf(robot))
+    # The importer has dropped the URDF's visuals by now; left on, the flag would also delete
+    # at compile time every geom that touches nothing, the target marker among them.
+    spec.compiler.discardvisual = False
     spec.modelname = robot.robot_name
     for geom in spec.geoms:
         geom.contype, geom.conaffinity = _ROBOT_BIT, _SCENE_BIT
