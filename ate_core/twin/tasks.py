@@ -30,7 +30,7 @@ from ate_core.config import checked, in_range, positive
 from ate_core.twin.config import TwinConfig
 from ate_core.twin.twin import Twin
 
-__all__ = ["TaskError", "Outcome", "Region", "Task", "PickPlace", "Push", "Handover", "LiftBox",
+__all__ = ["TaskError", "Outcome", "Region", "Task", "CubeToTarget", "PickPlace", "Push", "Handover", "LiftBox",
            "TASKS", "get_task", "table_top_m", "object_size_m", "resting_height_m", "touching",
            "held_by", "arm_touches"]
 
@@ -238,10 +238,10 @@ def _placed_on_target(twin: Twin, name: str) -> Tuple[bool, str]:
 
 
 @dataclass(frozen=True)
-class PickPlace(Task):
-    name: str = checked("pick_place", doc="task name")
-    instruction: str = checked("pick up the red cube and place it on the green target",
-                               doc="the policy's task text")
+class CubeToTarget(Task):
+    """One arm brings the cube onto the target: what pick-and-place and push share (the arm, the
+    regions the cube and the target are drawn from, the cube's yaw, the draw itself)."""
+
     arm: str = checked("right", doc="the arm that does it")
     cube_min_xy_m: Vec2 = checked((0.22, -0.42), doc="reset: lowest x, y of the cube's centre")
     cube_max_xy_m: Vec2 = checked((0.38, -0.18), doc="reset: highest x, y of the cube's centre")
@@ -249,8 +249,6 @@ class PickPlace(Task):
                                       doc="reset: cube yaw drawn from [-max, max]")
     target_min_xy_m: Vec2 = checked((0.22, -0.42), doc="reset: lowest x, y of the target")
     target_max_xy_m: Vec2 = checked((0.38, -0.18), doc="reset: highest x, y of the target")
-    min_separation_m: float = checked(0.10, check=positive,
-                                      doc="reset: least distance of cube and target centres")
     time_limit_s: float = checked(25.0, check=positive, doc="episode time limit, s")
 
     objects = ("cube",)
@@ -260,12 +258,29 @@ class PickPlace(Task):
     def arms(self) -> Tuple[str, ...]:  # type: ignore[override]
         return (self.arm,)
 
+    @abstractmethod
+    def distance_range_m(self) -> Tuple[float, float]:
+        """(least, most) distance of the cube's and the target's centres at reset."""
+
     def draw(self, rng: np.random.Generator):
+        least, most = self.distance_range_m()
         cube, target = _draw_apart(rng, Region(self.cube_min_xy_m, self.cube_max_xy_m),
                                    Region(self.target_min_xy_m, self.target_max_xy_m),
-                                   self.min_separation_m, math.inf, self.name)
+                                   least, most, self.name)
         yaw = rng.uniform(-self.cube_max_yaw_rad, self.cube_max_yaw_rad)
         return {"cube": (cube, yaw)}, target
+
+
+@dataclass(frozen=True)
+class PickPlace(CubeToTarget):
+    name: str = checked("pick_place", doc="task name")
+    instruction: str = checked("pick up the red cube and place it on the green target",
+                               doc="the policy's task text")
+    min_separation_m: float = checked(0.10, check=positive,
+                                      doc="reset: least distance of cube and target centres")
+
+    def distance_range_m(self) -> Tuple[float, float]:
+        return self.min_separation_m, math.inf
 
     def check(self, twin: Twin) -> Outcome:
         placed, why = _placed_on_target(twin, "cube")
@@ -277,38 +292,21 @@ class PickPlace(Task):
 
 
 @dataclass(frozen=True)
-class Push(Task):
+class Push(CubeToTarget):
     name: str = checked("push", doc="task name")
     instruction: str = checked("push the red cube onto the green target with the gripper closed",
                                doc="the policy's task text")
-    arm: str = checked("right", doc="the arm that does it")
     cube_min_xy_m: Vec2 = checked((0.25, -0.38), doc="reset: lowest x, y of the cube's centre")
     cube_max_xy_m: Vec2 = checked((0.35, -0.22), doc="reset: highest x, y of the cube's centre")
-    cube_max_yaw_rad: float = checked(math.pi / 4, check=in_range(0.0, math.pi),
-                                      doc="reset: cube yaw drawn from [-max, max]")
-    target_min_xy_m: Vec2 = checked((0.22, -0.42), doc="reset: lowest x, y of the target")
-    target_max_xy_m: Vec2 = checked((0.38, -0.18), doc="reset: highest x, y of the target")
     min_distance_m: float = checked(0.08, check=positive,
                                     doc="reset: least distance the cube is to be pushed")
     max_distance_m: float = checked(0.14, check=positive,
                                     doc="reset: most distance the cube is to be pushed")
     closed_max_m: float = checked(0.01, check=positive,
                                   doc="success: the finger gap is at most this (closed)")
-    time_limit_s: float = checked(25.0, check=positive, doc="episode time limit, s")
 
-    objects = ("cube",)
-    uses_target = True
-
-    @property
-    def arms(self) -> Tuple[str, ...]:  # type: ignore[override]
-        return (self.arm,)
-
-    def draw(self, rng: np.random.Generator):
-        cube, target = _draw_apart(rng, Region(self.cube_min_xy_m, self.cube_max_xy_m),
-                                   Region(self.target_min_xy_m, self.target_max_xy_m),
-                                   self.min_distance_m, self.max_distance_m, self.name)
-        yaw = rng.uniform(-self.cube_max_yaw_rad, self.cube_max_yaw_rad)
-        return {"cube": (cube, yaw)}, target
+    def distance_range_m(self) -> Tuple[float, float]:
+        return self.min_distance_m, self.max_distance_m
 
     def check(self, twin: Twin) -> Outcome:
         placed, why = _placed_on_target(twin, "cube")
