@@ -18,7 +18,9 @@ import numpy as np
 import pytest
 
 from ate_core.data.dataset import EpisodeDataset
-from ate_core.data.episode import default_joint_names, list_episodes, read_info
+from ate_core.data.episode import (decode_jpeg, default_joint_names, encode_jpeg,
+                                   list_episodes, read_info)
+from ate_core.policy.processor import resize_frame
 from ate_core.robot.config import load_config
 from ate_core.robot.ik import ArmIK, IKSettings
 from ate_core.robot.models import GRIPPER_MAX_OPENING_M
@@ -323,6 +325,29 @@ def test_the_cli_writes_n_episodes_and_says_how_many_failed(tmp_path, capsys):
     assert list_episodes(out) == [0, 1]
     assert read_info(out).cameras == {"head": (24, 24)}
     assert "0 expert episodes failed and were skipped" in capsys.readouterr().out
+
+
+def test_frames_are_rendered_at_the_camera_size_and_shrunk_to_the_data_sets(tmp_path):
+    assert demos.frame_size("96x72", "image_size") == (72, 96)
+    assert demos.frame_size(32, "image_size") == (32, 32) == demos.frame_size("32", "x")
+    for bad in ("96x", "4x4", "axb", (96,), True):
+        with pytest.raises(ValueError, match="image_size"):
+            demos.frame_size(bad, "image_size")
+    out = tmp_path / "lift"
+    code = demos.main(["--task", "lift_box", "--episodes", "1", "--out", str(out), "--seed", "2",
+                       "--image-size", "40x30", "--render-size", "160x120", "--cameras", "head",
+                       "--config", str(CONFIG)])
+    assert code == 0
+    assert read_info(out).cameras == {"head": (30, 40)}
+    # Shrunk from 160x120 with INTER_AREA, as the policy's processor shrinks the camera node's
+    # frames: the same pixels as rendering at 160x120 and resizing by hand.
+    episode = EpisodeDataset(out, horizon=2, n_obs_steps=1).readers[0].load()
+    twin = Twin(TwinRobot.from_config(load_config(CONFIG)), TASKS["lift_box"].scene())
+    TASKS["lift_box"].reset(twin, 2)
+    expected = resize_frame(twin.render("head", 160, 120), (30, 40))
+    twin.close()
+    stored = decode_jpeg(encode_jpeg(expected))  # the data set keeps JPEG frames
+    assert np.abs(episode.frames["head"][0].astype(int) - stored.astype(int)).mean() < 0.5
 
 
 def test_a_single_arm_embodiment_refuses_a_two_arm_task(tmp_path, capsys):

@@ -12,7 +12,10 @@ expert commands at the supervisor's 100 Hz; an episode keeps every ``100 / fps``
   segments, gripper ramps), so the kept ones, interpolated linearly back to 100 Hz as the
   chunk executor does, stay close to the expert's stream (measured at 10 Hz over every task
   and both arm models: TCP within 0.7 mm, joints within 4 mrad, grippers within 2 mm),
-* one frame per camera, rendered at the data set's image size at that state,
+* one frame per camera at that state, rendered as the stack's camera nodes publish it on the
+  twin (the config's ``sim.camera_width`` x ``sim.camera_height``) and shrunk to the data set's
+  image size by the policy's own resize (:func:`ate_core.policy.processor.resize_frame`), so a
+  policy trained on it sees on the robot stack the pixels it was trained on,
 
 in the embodiment's native joint order (:func:`ate_core.data.episode.default_joint_names`):
 ``rm75_bimanual`` is the RM75-B pair, left arm then right; ``rm65_single`` is the right arm of
@@ -20,6 +23,7 @@ the RM65-B pair (the other arm stays at home, out of the data), for single-arm t
 task's instruction is the episode's task text.
 
     python -m ate_core.twin.demos --task pick_place --episodes 50 --out /tmp/demos
+    python -m ate_core.twin.demos --task lift_box --episodes 100 --image-size 96x72 --out data/lift
 """
 
 from __future__ import annotations
@@ -29,12 +33,13 @@ import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from ate_core.data.episode import (DatasetInfo, Episode, EpisodeWriter, PathLike,
                                    default_joint_names)
+from ate_core.policy.processor import resize_frame
 from ate_core.robot.config import load_config
 from ate_core.twin.experts import (CONTROL_PERIOD_S, Commands, EpisodeResult, ExpertSettings,
                                    run_episode)
@@ -43,7 +48,7 @@ from ate_core.twin.tasks import TASKS, Task, get_task
 from ate_core.twin.twin import Twin
 
 __all__ = ["EMBODIMENTS", "DemoReport", "demo_robot", "recorded_arms", "default_cameras",
-           "record_episode", "write_demonstrations", "main"]
+           "frame_size", "record_episode", "write_demonstrations", "main"]
 
 #: The embodiments demonstrations are written for.
 EMBODIMENTS = ("rm75_bimanual", "rm65_single")
@@ -100,17 +105,49 @@ def default_cameras(embodiment: str, task: Task, twin: Twin) -> Tuple[str, ...]:
     return twin.camera_names
 
 
+Size = Tuple[int, int]
+
+
+def frame_size(value: Union[int, Size, str], what: str) -> Size:
+    """``(height, width)`` from an int (square), a ``(height, width)`` pair or the string
+    ``"WIDTHxHEIGHT"`` (``"96x72"``, as camera resolutions are written) or ``"96"``."""
+    if isinstance(value, str):
+        parts = value.lower().split("x")
+        try:
+            numbers = [int(p) for p in parts]
+        except ValueError:
+            raise ValueError(f"{what} {value!r}: expected WIDTHxHEIGHT (e.g. 96x72) or one "
+                             f"int") from None
+        if len(numbers) not in (1, 2):
+            raise ValueError(f"{what} {value!r}: expected WIDTHxHEIGHT (e.g. 96x72) or one int")
+        value = (numbers[0], numbers[0]) if len(numbers) == 1 else (numbers[1], numbers[0])
+    elif isinstance(value, int) and not isinstance(value, bool):
+        value = (value, value)
+    try:
+        height, width = value  # type: ignore[misc]
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be an int, (height, width) or 'WxH', got "
+                         f"{value!r}") from None
+    for side in (height, width):
+        if isinstance(side, bool) or not isinstance(side, int) or side < 8:
+            raise ValueError(f"{what} {value!r}: sides must be ints >= 8")
+    return int(height), int(width)
+
+
 def _joint_vector(parts: List[np.ndarray]) -> np.ndarray:
     return np.concatenate(parts).astype(np.float32)
 
 
 def record_episode(twin: Twin, task: Task, seed: int, *, arms: Sequence[str],
-                   cameras: Sequence[str], image_size: Tuple[int, int], record_every: int,
+                   cameras: Sequence[str], image_size: Size, record_every: int,
+                   render_size: Optional[Size] = None,
                    settings: ExpertSettings = ExpertSettings()
                    ) -> Tuple[EpisodeResult, Optional[Episode]]:
     """Run the expert on ``seed`` and record every ``record_every``-th control tick; the
-    episode is None when the expert failed (see the module docstring for what is recorded)."""
-    height, width = image_size
+    episode is None when the expert failed (see the module docstring for what is recorded).
+    Frames are rendered at ``render_size`` (default: ``image_size``) and resized to
+    ``image_size``, both ``(height, width)``."""
+    height, width = render_size or image_size
     states: List[np.ndarray] = []
     actions: List[np.ndarray] = []
     stamps: List[float] = []
@@ -125,7 +162,7 @@ def record_episode(twin: Twin, task: Task, seed: int, *, arms: Sequence[str],
                                       for p in arms]))
         stamps.append(tick * CONTROL_PERIOD_S)
         for camera in cameras:
-            frames[camera].append(twin.render(camera, width, height))
+            frames[camera].append(resize_frame(twin.render(camera, width, height), image_size))
 
     result = run_episode(twin, task, seed, settings, on_tick=record)
     if not result.success:
@@ -141,13 +178,16 @@ def record_episode(twin: Twin, task: Task, seed: int, *, arms: Sequence[str],
 
 
 def write_demonstrations(root: PathLike, task: Task, embodiment: str, episodes: int, *,
-                         robot: TwinRobot, seed: int = 0, image_size: int = 96,
+                         robot: TwinRobot, seed: int = 0,
+                         image_size: Union[int, Size, str] = (72, 96),
+                         render_size: Union[None, int, Size, str] = None,
                          fps: float = 10.0, cameras: Optional[Sequence[str]] = None,
                          settings: ExpertSettings = ExpertSettings(),
                          progress: bool = True) -> DemoReport:
     """Write ``episodes`` successful expert episodes of ``task`` to the data set ``root``
     (created, or appended to when it holds the same embodiment, rate and cameras), trying
-    seeds ``seed, seed + 1, ...``; failed seeds are skipped and reported."""
+    seeds ``seed, seed + 1, ...``; failed seeds are skipped and reported. Frames are rendered
+    at ``render_size`` (default: ``image_size``) and stored at ``image_size``."""
     if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 0:
         raise ValueError(f"episodes must be an int >= 0, got {episodes!r}")
     record_every = _CONTROL_HZ / float(fps)
@@ -155,8 +195,8 @@ def write_demonstrations(root: PathLike, task: Task, embodiment: str, episodes: 
             and abs(record_every - round(record_every)) < 1e-9):
         raise ValueError(f"fps {fps}: must divide the {_CONTROL_HZ} Hz control rate "
                          f"(e.g. 10, 20, 25, 50)")
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 8:
-        raise ValueError(f"image_size must be an int >= 8, got {image_size!r}")
+    stored = frame_size(image_size, "image_size")
+    rendered = stored if render_size is None else frame_size(render_size, "render_size")
     arms = recorded_arms(embodiment, task)
     twin = Twin(demo_robot(embodiment, robot), task.scene())
     cameras = tuple(cameras) if cameras is not None else default_cameras(embodiment, task, twin)
@@ -165,7 +205,7 @@ def write_demonstrations(root: PathLike, task: Task, embodiment: str, episodes: 
         raise ValueError(f"cameras {list(cameras)}: the twin has {list(twin.camera_names)}")
     info = DatasetInfo(embodiment=embodiment, fps=float(fps),
                        joint_names=default_joint_names(embodiment),
-                       cameras={c: (image_size, image_size) for c in cameras})
+                       cameras={c: stored for c in cameras})
     writer = EpisodeWriter(root, info)
 
     from tqdm import tqdm
@@ -181,7 +221,7 @@ def write_demonstrations(root: PathLike, task: Task, embodiment: str, episodes: 
     try:
         while written < episodes and attempt - seed < budget:
             result, episode = record_episode(twin, task, attempt, arms=arms, cameras=cameras,
-                                             image_size=(image_size, image_size),
+                                             image_size=stored, render_size=rendered,
                                              record_every=round(record_every),
                                              settings=settings)
             if episode is None:
@@ -210,7 +250,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--out", type=Path, required=True,
                         help="data set directory (created, or appended to)")
     parser.add_argument("--seed", type=int, default=0, help="first seed tried")
-    parser.add_argument("--image-size", type=int, default=96, help="square frame size, px")
+    parser.add_argument("--image-size", default="96x72",
+                        help="stored frame size, WIDTHxHEIGHT or one int (square), px")
+    parser.add_argument("--render-size", default="",
+                        help="rendered frame size before the resize, WIDTHxHEIGHT (default: "
+                             "the config's sim.camera_width x sim.camera_height, what the "
+                             "camera nodes publish on the twin)")
     parser.add_argument("--fps", type=float, default=10.0,
                         help="recorded frames per second; divides the 100 Hz control rate")
     parser.add_argument("--cameras", default="",
@@ -220,10 +265,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     cameras = [c.strip() for c in args.cameras.split(",") if c.strip()] or None
     try:
-        robot = TwinRobot.from_config(load_config(args.config))
+        cfg = load_config(args.config)
+        robot = TwinRobot.from_config(cfg)
+        render = args.render_size or f"{cfg.sim.camera_width}x{cfg.sim.camera_height}"
         report = write_demonstrations(args.out, get_task(args.task), args.embodiment,
                                       args.episodes, robot=robot, seed=args.seed,
-                                      image_size=args.image_size, fps=args.fps, cameras=cameras)
+                                      image_size=args.image_size, render_size=render,
+                                      fps=args.fps, cameras=cameras)
     except (ValueError, FileExistsError) as e:  # ConfigError, TaskError, EpisodeFormatError
         print(f"error: {e}", file=sys.stderr)
         return 2
