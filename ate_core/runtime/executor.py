@@ -85,7 +85,9 @@ class _Kept:
         t0, t1 = int(self.due_ns[i - 1]), int(self.due_ns[i])
         # Integer differences first: absolute times in ns lose precision as float64.
         f = (t_ns - t0) / (t1 - t0)
-        return (1.0 - f) * positions[i - 1] + f * positions[i]
+        # a + f (b - a), not (1 - f) a + f b: where a joint holds still (a == b) the target is
+        # exactly a, never an ulp past it (a gripper held fully open would count as clipped).
+        return positions[i - 1] + f * (positions[i] - positions[i - 1])
 
 
 class ChunkExecutor:
@@ -200,7 +202,7 @@ class ChunkExecutor:
         if previous is None:
             return value
         w = min(max((t_ns - kept.arrival_ns) / self._fade_ns, 0.0), 1.0)
-        return (1.0 - w) * previous + w * value
+        return previous + w * (value - previous)  # exact where the two agree (see _Kept.at)
 
     def _crossfade_at(self, t_ns: int) -> np.ndarray:
         # Start at the newest completed fade: everything before it has weight zero at t.
