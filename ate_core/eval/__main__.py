@@ -1,0 +1,5 @@
+import sys
+
+from ate_core.eval.cli import main
+
+sys.exit(main())
