@@ -121,7 +121,8 @@ def test_the_experts_commands_replayed_as_chunks_lift_the_box(cfg, seed):
     # Only the engage ramp asks more than the caps allow, and only briefly.
     assert set(r.split("/")[0] for r in result.interventions) <= {"acceleration"}
     assert result.total_interventions < 20
-    assert set(result.faults) == {"late_points/policy"}, result.faults
+    assert result.faults == {} and result.blocks == {}
+    assert result.late_points == result.chunks  # each chunk's first point is due at its stamp
 
 
 def test_a_tiny_trained_policy_runs_an_episode_and_reports_it(cfg, lift_checkpoint, tmp_path):

@@ -16,12 +16,18 @@ integer nanoseconds on that clock:
   camera rate and size (``sim.camera_fps``, ``sim.camera_width`` x ``sim.camera_height``, the
   frames the stack's camera nodes publish on the twin). A sample is stamped with its time and
   reaches both the inference loop and the supervisor's watchdogs at that time: transport takes
-  no time here.
+  no time here. The streams start at the reset, so a policy with ``n_obs_steps`` > 1 waits
+  (blocked, and counted) until the oldest step of its window has a sample. Only the cameras the
+  policy reads are rendered, and only those are watched by the supervisor.
 - *Inference.* An attempt at t takes the observation window as of t; when it yields a chunk
   (stamped t) the chunk reaches the supervisor at t + latency. The latency is a fixed number
   by default (``latency_ms``, 100 ms), so that an evaluation is a function of the checkpoint and
   the seeds alone and two machines agree on it; ``latency_ms=None`` uses the wall time each
-  inference really took, which makes the result depend on the machine and its load. The next
+  inference really took, which makes the result depend on the machine and its load. 100 ms is
+  the order of a policy on a GPU; the default policy configs take 190-730 ms on the robot PC's
+  two CPU cores (``bench/policy_latency.py``), so set the deployment's measured p50 to judge a
+  policy as it will run there. A chunk with no latency at all arrives at the next event (at
+  most one joint-state period later). The next
   attempt starts once the chunk is delivered (and ``inference.period_s`` after the previous
   start), as the node's worker does; a blocked attempt retries after
   :data:`~ate_core.runtime.inference_loop.RETRY_S`, a failed one after
@@ -29,11 +35,12 @@ integer nanoseconds on that clock:
 - *Control.* The supervisor ticks at ``supervisor.rate_hz`` (100 Hz). It is engaged when the
   first chunk arrives, so its engage ramp starts from the arms at home as on the robot. Each
   tick's command goes straight to the twin's servos (``set_joint_targets``) and grippers
-  (``set_gripper_target``). On the stack, the emulated controllers interpolate the 100 Hz
-  commands into 5 ms references (``ate_ros/sim/arm_motion.py``); here the servos get the
-  supervisor's commands as they are. The commands are already within the safety filter's
-  velocity and acceleration caps, so the difference is a staircase of at most one 10 ms step
-  that the servos smooth anyway.
+  (``set_gripper_target``). On the stack the emulated controllers (``follow: false``)
+  interpolate each command into 5 ms references over one stream period
+  (``ate_ros/sim/arm_motion.py``), so the arm follows the stream smoothly one period behind;
+  here the servos take each command at its tick, 10 ms sooner, as a small step (the commands
+  are already within the safety filter's velocity and acceleration caps) that they smooth
+  themselves. Offline that is close enough: what the evaluation judges is the policy.
 - *Physics* advances from one event to the next (``Twin.step``), so nothing waits on the wall
   clock: an episode runs as fast as the CPU renders, infers and steps.
 - *Success* is the task's own check (it reads only the scene), made at every control tick
@@ -152,13 +159,18 @@ class _Periodic:
         return int(round(self.k * self.period_ns))
 
 
-def _count(counts: Counter) -> Tuple[Dict[str, int], Dict[str, int]]:
-    """The supervisor's counts split into safety interventions and everything else."""
+def _count(counts: Counter) -> Tuple[Dict[str, int], Dict[str, int], int]:
+    """The supervisor's counts as (safety interventions, faults, late points dropped): late
+    points are what a latency costs every chunk, not a fault."""
     interventions: Dict[str, int] = {}
     faults: Dict[str, int] = {}
+    late = 0
     for (rule, where), n in sorted(counts.items()):
-        (interventions if rule in SAFETY_RULES else faults)[f"{rule}/{where}"] = int(n)
-    return interventions, faults
+        if rule == "late_points":
+            late += int(n)
+        else:
+            (interventions if rule in SAFETY_RULES else faults)[f"{rule}/{where}"] = int(n)
+    return interventions, faults, late
 
 
 def run_episode(policy: ChunkPolicy, task: Task, seed: int, *, twin: Twin, cfg: BimanualConfig,
@@ -257,13 +269,13 @@ def run_episode(policy: ChunkPolicy, task: Task, seed: int, *, twin: Twin, cfg: 
 
         if strip is not None:
             strip.add(now / 1e9, twin, last=True)
-    interventions, faults = _count(supervisor.counts)
-    blocks = {f"blocked/{source}": n for source, n in loop.status.blocks.items() if n}
+    interventions, faults, late = _count(supervisor.counts)
     return EpisodeResult(
         seed=int(seed), success=outcome.success,
         time_to_success_s=None if success_ns is None else success_ns / 1e9,
         duration_s=now / 1e9, reason=outcome.reason, interventions=interventions,
-        faults={**faults, **blocks}, chunks=loop.status.chunks,
+        faults=faults, chunks=loop.status.chunks, late_points=late,
+        blocks={source: n for source, n in loop.status.blocks.items() if n},
         inference_ms=float(np.mean(infer_s)) * 1e3 if infer_s else float("nan"),
         wall_s=time.perf_counter() - started)
 

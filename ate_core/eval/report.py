@@ -41,7 +41,9 @@ class EpisodeResult:
     ``reason`` is the success check's last verdict in words (why it succeeded, or what still
     was not true when the time ran out). ``interventions`` counts the safety filter's changes
     to a command by ``rule/arm``, once per tick and arm; ``faults`` counts the supervisor's other
-    events (watchdog onsets, rejected chunks, late points dropped) by ``rule/source``.
+    events by ``rule/source`` (watchdog onsets, rejected chunks). ``late_points``: chunk points
+    already due when their chunk arrived (the latency's toll, about one per chunk at 100 ms);
+    ``blocks``: times a stale source started blocking inference, by source.
     ``inference_ms``: mean wall time of one policy inference in this episode."""
 
     seed: int
@@ -54,6 +56,8 @@ class EpisodeResult:
     chunks: int
     inference_ms: float
     wall_s: float
+    late_points: int = 0
+    blocks: Mapping[str, int] = field(default_factory=dict)
     strip: Optional[str] = None
 
     @property
@@ -132,4 +136,5 @@ def _episode_dict(e: EpisodeResult) -> Dict[str, Any]:
     return {"seed": e.seed, "success": e.success, "time_to_success_s": e.time_to_success_s,
             "duration_s": e.duration_s, "reason": e.reason,
             "interventions": dict(e.interventions), "faults": dict(e.faults), "chunks": e.chunks,
+            "late_points": e.late_points, "blocks": dict(e.blocks),
             "inference_ms": e.inference_ms, "wall_s": e.wall_s, "strip": e.strip}
