@@ -380,6 +380,33 @@ class ArmMotion:
         self._slow_decel = speed / t_stop if t_stop > 0 else np.zeros_like(speed)
         self._status = ArmStatus.SLOW_STOP
 
+    def place(self, q_rad: Sequence[float]) -> None:
+        """Put the arm at `q_rad`, at rest, holding there: no planned move, no pass-through
+        target or interpolation pending, status idle (the next `movej_canfd` starts a new
+        stream from here). A real controller has no such command; a simulator whose scene was
+        reset has the arm somewhere else than the controller last put it, and the controller
+        must hold it there, not pull it back. Latched errors and power stay as they were."""
+        q = np.asarray(q_rad, dtype=float)
+        if q.shape != (self.model.dof,) or not self.within_limits(q):
+            raise ValueError(f"{self.model.name}: cannot place the arm at "
+                             f"{np.degrees(q).round(3).tolist()} deg (expected {self.model.dof} "
+                             f"angles within the joint limits)")
+        self._q = q.copy()
+        self._v = np.zeros_like(q)
+        self._ref = q.copy()
+        self._seg_from = q.copy()
+        self._seg_to = q.copy()
+        self._seg_duration_s = 0.0
+        self._seg_elapsed_s = 0.0
+        self._last_stream_now = None
+        self._stream_period_s = None
+        self._since_stream_s = 0.0
+        self._move = None
+        self._move_elapsed_s = 0.0
+        self._move_tag = None
+        self._slow_decel = np.zeros_like(q)
+        self._status = ArmStatus.IDLE
+
     # ---- integration -------------------------------------------------------------------------
     def step(self, dt: float) -> List[Arrival]:
         """Advance the arm by `dt` seconds; returns the arrivals that happened in this step."""
@@ -510,6 +537,17 @@ class GripperMotion:
     def open(self, speed: float, tag: Hashable = None) -> bool:
         """`set_gripper_release`: open fully."""
         return self.move_to(GRIPPER_WIRE_MAX, speed, tag)
+
+    def place(self, position: float) -> None:
+        """Put the fingers at `position` (wire units, clamped to 1..1000), at rest: a running
+        move is dropped without an arrival (see `ArmMotion.place` for why a simulator does
+        this)."""
+        self._position = float(min(max(position, GRIPPER_WIRE_MIN), GRIPPER_WIRE_MAX))
+        self._target = self._position
+        self._rate = 0.0
+        self._tag = None
+        self._moving = False
+        self._mode = self._idle_mode()
 
     def step(self, dt: float) -> List[Arrival]:
         if not self._moving or dt <= 0.0:

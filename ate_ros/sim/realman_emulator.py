@@ -30,7 +30,7 @@ import numpy as np
 from ate_core.robot.models import PUSH_CYCLE_UNIT_S, ArmModel, arm_model, push_period_s
 from ate_ros.realtime import raise_to_fifo
 from ate_ros.signals import setting
-from ate_ros.sim.arm_motion import GRIPPER_WIRE_MAX, Arrival
+from ate_ros.sim.arm_motion import GRIPPER_WIRE_MAX, Arrival, opening_m_to_wire
 from ate_ros.sim.realman_faults import ControlServer, Faults
 from ate_ros.sim.realman_protocol import (
     ControllerProtocol,
@@ -275,6 +275,14 @@ class RealManEmulator:
         sends its servos."""
         with self._lock:
             return self._controller.motion.joints_rad, self._controller.gripper.opening_m
+
+    def place(self, joints_rad: Sequence[float], gripper_opening_m: float) -> None:
+        """Make the controller hold the arm at `joints_rad` and the gripper at
+        `gripper_opening_m`, at rest, with nothing pending (`ArmMotion.place`): for a simulator
+        that has just put them there (the twin host's episode reset)."""
+        with self._lock:
+            self._controller.motion.place(joints_rad)
+            self._controller.gripper.place(opening_m_to_wire(gripper_opening_m))
 
     @property
     def arm_status(self) -> str:
