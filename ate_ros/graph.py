@@ -128,14 +128,21 @@ class TwinSpec:
     config_file: str
     #: SCHED_FIFO priority of the host's threads (0: normal): the arms' controllers run in it.
     realtime_priority: int = 0
+    #: The task whose scene the twin holds, with its /twin/reset and /twin/check services
+    #: (``ate_core.twin.tasks``; empty: the whole scene, no episodes).
+    task: str = ""
+    #: The seed of the start-up scene (and of the first /twin/reset).
+    seed: int = 0
 
     executable: ClassVar[str] = "ate_twin"
     name: ClassVar[str] = "twin"
 
     def argv(self) -> List[str]:
         """Arguments of the `ate_twin` console script (each controller's control port: any)."""
+        task = ["--task", self.task] if self.task else []
         return ["--config", self.config_file, "--control-port", "0",
-                "--realtime-priority", str(self.realtime_priority)]
+                "--realtime-priority", str(self.realtime_priority), *task,
+                "--seed", str(self.seed)]
 
     def command(self) -> List[str]:
         return [*executable_command(self.executable), *self.argv()]
@@ -196,14 +203,15 @@ def sim_controllers(cfg: BimanualConfig) -> List[EmulatorSpec]:
             for side, arm in cfg.arms.items()]
 
 
-def sim_hardware(cfg: BimanualConfig, config_file: str,
-                 twin: Optional[bool] = None) -> List[SimHardware]:
+def sim_hardware(cfg: BimanualConfig, config_file: str, twin: Optional[bool] = None,
+                 task: str = "", seed: int = 0) -> List[SimHardware]:
     """The processes that stand for the robot in sim, started before the nodes: one twin host
-    (``twin``, default the config's ``sim.twin``) or one idealised emulator per arm."""
+    (``twin``, default the config's ``sim.twin``), holding ``task``'s scene of ``seed``, or one
+    idealised emulator per arm (which know no tasks)."""
     controllers = sim_controllers(cfg)
     if cfg.sim.twin if twin is None else twin:
         return [TwinSpec(tuple(controllers), config_file,
-                         max(c.realtime_priority for c in controllers))]
+                         max(c.realtime_priority for c in controllers), task, int(seed))]
     return list(controllers)
 
 

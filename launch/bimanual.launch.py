@@ -1,5 +1,5 @@
 """The dual-arm robot: ``ros2 launch ate_ros bimanual.launch.py [sim:=true] [config_file:=...]
-[checkpoint:=...] [rviz:=true] [twin:=false] [emulator_log_dir:=...]``.
+[checkpoint:=...] [rviz:=true] [twin:=false] [task:=NAME] [seed:=S] [emulator_log_dir:=...]``.
 
 Everything starts idle: the supervisor commands nothing until ``/ate/engage`` is called
 (``ros2 service call /ate/engage std_srvs/srv/SetBool "{data: true}"``); ``/ate/estop`` latches a
@@ -10,6 +10,11 @@ points the arm drivers at them; everything else is the real-robot graph. With th
 ``sim.twin`` (or ``twin:=true``) one process, ``ate_twin``, runs both controllers on the MuJoCo
 twin's physics and renders the cameras; ``twin:=false`` starts an idealised emulator per arm
 and the cameras show a test pattern.
+``task:=NAME`` (twin only; ``pick_place``, ``push``, ``handover``, ``lift_box``) gives the twin that
+task's scene, reset with ``seed:=S`` (default 0) at start, and episodes: ``/twin/reset``
+(std_srvs/Trigger) resets the scene with the next seed (S, S+1, ...) and the arms to home,
+``/twin/check`` answers the task's success check (``ros2 service call /twin/check
+std_srvs/srv/Trigger``).
 ``emulator_log_dir:=DIR`` has each emulator write what it received to
 ``DIR/emulator_<arm>.jsonl`` (JSON lines; tests read them).
 
@@ -74,6 +79,12 @@ def _robot_nodes(context):
     urdf = bimanual_urdf(layout_from_config(cfg), robot_name=cfg.robot_name)
     twin_arg = LaunchConfiguration("twin").perform(context).strip()
     twin = None if not twin_arg else _flag(context, "twin")
+    task = LaunchConfiguration("task").perform(context).strip()
+    seed_arg = LaunchConfiguration("seed").perform(context).strip()
+    try:
+        seed = int(seed_arg or "0")
+    except ValueError:
+        raise ValueError(f"launch argument seed: {seed_arg!r} is not an integer") from None
     specs = robot_graph(cfg, config_file, urdf_xml=urdf, sim=sim, checkpoint=checkpoint,
                         twin=twin)
 
@@ -96,10 +107,14 @@ def _robot_nodes(context):
             notes.append(skipped("rviz2", "rviz2", reason))
 
     actions = list(notes)
+    hardware = sim_hardware(cfg, config_file, twin, task, seed) if sim else []
+    if task and not any(isinstance(hw, TwinSpec) for hw in hardware):
+        actions.append(LogInfo(msg=f"task:={task} is ignored: tasks run on the twin only "
+                                   f"(sim:=true twin:=true)"))
     if sim:
         if log_dir:
             os.makedirs(log_dir, exist_ok=True)
-        for hw in sim_hardware(cfg, config_file, twin):
+        for hw in hardware:
             executable = os.path.join(get_package_prefix("ate_ros"), "lib", "ate_ros",
                                       hw.executable)
             if not log_dir:
@@ -137,6 +152,13 @@ def generate_launch_description():
                                           "and the cameras on its render (true), or idealised "
                                           "emulators and a test pattern (false); default: the "
                                           "config's sim.twin"),
+        DeclareLaunchArgument("task", default_value="",
+                              description="sim with the twin: the task whose scene the twin "
+                                          "holds, with /twin/reset and /twin/check (pick_place, "
+                                          "push, handover, lift_box; default: none)"),
+        DeclareLaunchArgument("seed", default_value="0",
+                              description="sim with the twin: the seed of the start-up scene "
+                                          "and of the first /twin/reset"),
         DeclareLaunchArgument("emulator_log_dir", default_value="",
                               description="sim: each emulator logs what it received to "
                                           "DIR/emulator_<arm>.jsonl (default: no log)"),
