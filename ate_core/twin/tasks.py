@@ -199,6 +199,20 @@ class Task(ABC):
             twin.set_target_position((target_xy[0], target_xy[1], top))
         twin.forward()
 
+    def describe(self, twin: Twin) -> str:
+        """Where this task's objects (and its target) are now, in words:
+        ``cube at (0.312, -0.254, 0.790) m, yaw 12 deg; target at (0.290, -0.361) m``."""
+        parts = []
+        for name in self.objects:
+            pose = twin.object_pose(name)
+            x, y, z = pose[:3, 3]
+            yaw = math.degrees(math.atan2(pose[1, 0], pose[0, 0]))
+            parts.append(f"{name} at ({x:.3f}, {y:.3f}, {z:.3f}) m, yaw {yaw:.0f} deg")
+        if self.uses_target:
+            target = twin.target_position()
+            parts.append(f"target at ({target[0]:.3f}, {target[1]:.3f}) m")
+        return "; ".join(parts)
+
     @abstractmethod
     def draw(self, rng: np.random.Generator) -> Tuple[Dict[str, Tuple[np.ndarray, float]],
                                                        Optional[np.ndarray]]:

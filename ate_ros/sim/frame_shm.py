@@ -1,4 +1,5 @@
-"""The newest frame of one camera in shared memory: the twin host writes, a camera node reads.
+"""The newest frame of one camera in shared memory: the twin host creates the block, its render
+process (`twin_render`) writes the frames, a camera node reads them.
 
 One block per camera: a header (sequence, stamp, width, height) and one RGB frame. The header's
 sequence is a seqlock: odd while the writer copies a frame in, even once it is whole, so a
@@ -30,7 +31,8 @@ _SHM_DIR = "/dev/shm"
 
 
 class FrameWriter:
-    """Creates the block (replacing a stale one of the same name) and writes frames into it."""
+    """Creates the block (replacing a stale one of the same name) and writes frames into it;
+    `attach` writes into a block another process created."""
 
     def __init__(self, name: str, width: int, height: int) -> None:
         self.name = name
@@ -43,16 +45,37 @@ class FrameWriter:
         else:  # left by a host that was killed
             stale.close()
             stale.unlink()
-        self._shm = shared_memory.SharedMemory(name=name, create=True, size=size)
+        self._shm: Optional[shared_memory.SharedMemory] = shared_memory.SharedMemory(
+            name=name, create=True, size=size)
+        self._map: Optional[mmap.mmap] = None
+        self._buf = self._shm.buf
         self._sequence = 0
-        self._frame = np.ndarray((self.height, self.width, 3), np.uint8, self._shm.buf,
+        self._frame = np.ndarray((self.height, self.width, 3), np.uint8, self._buf,
                                  _HEADER_BYTES)
-        _HEADER.pack_into(self._shm.buf, 0, 0, 0, self.width, self.height)
+        _HEADER.pack_into(self._buf, 0, 0, 0, self.width, self.height)
+
+    @classmethod
+    def attach(cls, name: str) -> "FrameWriter":
+        """Write into the block `name` that another process created and will remove (the twin
+        host creates its cameras' blocks, its render process fills them). Mapped from /dev/shm
+        directly, as `FrameReader` does, so this process never removes it; numbering goes on
+        from the block's newest frame. FileNotFoundError while there is none."""
+        self = cls.__new__(cls)
+        self.name = name
+        with open(os.path.join(_SHM_DIR, name), "r+b") as f:
+            self._map = mmap.mmap(f.fileno(), 0)
+        self._shm = None
+        self._buf = memoryview(self._map)
+        sequence, _, self.width, self.height = _HEADER.unpack_from(self._buf, 0)
+        self._sequence = sequence + sequence % 2  # a writer that died mid-frame left it odd
+        self._frame = np.ndarray((self.height, self.width, 3), np.uint8, self._buf,
+                                 _HEADER_BYTES)
+        return self
 
     def write(self, rgb: np.ndarray, stamp_ns: int) -> int:
         """Publish `rgb` (height x width x 3 uint8) taken at `stamp_ns` (monotonic); its
         sequence number."""
-        buf = self._shm.buf
+        buf = self._buf
         _HEADER.pack_into(buf, 0, self._sequence + 1, stamp_ns, self.width, self.height)
         self._frame[...] = rgb
         self._sequence += 2
@@ -60,8 +83,14 @@ class FrameWriter:
         return self._sequence // 2
 
     def close(self) -> None:
-        """Remove the block (readers holding it keep their mapping until they close)."""
+        """Remove the block if this writer created it (readers holding it keep their mapping
+        until they close); an attached writer only lets go of it."""
         del self._frame
+        if self._shm is None:
+            assert self._map is not None
+            self._buf.release()
+            self._map.close()
+            return
         self._shm.close()
         try:
             self._shm.unlink()

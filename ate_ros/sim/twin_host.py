@@ -1,4 +1,4 @@
-"""Both arms' controller emulators on the twin's physics, in one process.
+"""Both arms' controller emulators on the twin's physics, in one process; episodes of a task.
 
 In ``sim:=true`` with the twin on, this process stands for the robot: it owns one MuJoCo
 :class:`~ate_core.twin.twin.Twin` and serves each arm's RealMan controller (the same server and
@@ -9,9 +9,19 @@ gripper targets, physics advances 5 ms, and what the controllers then report (UD
 queries) is what the physics measured. An arm held back by a table or a gripper closed on a cube
 is reported where it is, not where it was told to go.
 
-A second thread renders each configured camera at its configured size and rate into shared
-memory (`frame_shm`), where the camera nodes' `twin` source reads the newest frame. It copies
-the scene between two physics ticks and draws outside them, so drawing never holds physics up.
+The cameras are drawn by a process of its own (`twin_render`): after every tick the clock
+publishes the scene (joint positions, mocap bodies) in shared memory, and the renderer draws
+each configured camera at its size and rate from the newest scene into the camera's
+`frame_shm` block, where the camera nodes' ``twin`` source reads it. Drawing in this process
+made physics ticks up to 45 ms late (the README's timing table has the numbers before and
+after). A renderer that cannot start (no offscreen OpenGL) ends ``ate_twin`` with the reason
+(``--no-cameras`` runs the physics alone); one that fails later turns the diagnostics to ERROR.
+
+With ``--task NAME --seed S`` the twin holds that task's scene (``get_task(NAME).scene()``),
+reset with seed S at start. The node ``twin`` then runs episodes: ``/twin/reset``
+(std_srvs/Trigger) resets the scene between two ticks with the next seed (S, S+1, ...: the
+first episode's scene is S either way) and has each controller hold its arm and gripper where
+the reset put them; ``/twin/check`` answers the task's success check and its reason.
 
 Physics runs against absolute deadlines, in real time. A host too slow for it does not slow
 the robot down silently: the ticks it could not run on time are counted (and beyond
@@ -26,22 +36,25 @@ import contextlib
 import dataclasses
 import logging
 import os
+import signal
 import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ate_core.robot.config import (BimanualConfig, CameraConfig, load_config, simulated,
                                    twin_frame_block)
 from ate_core.robot.models import PUSH_CYCLE_UNIT_S
+from ate_core.twin.tasks import Outcome, Task
 from ate_core.twin.twin import Twin
 from ate_ros.realtime import raise_to_fifo
 from ate_ros.sim.frame_shm import FrameWriter
 from ate_ros.sim.realman_emulator import MAX_CATCH_UP_TICKS, RealManEmulator
 from ate_ros.sim.realman_protocol import ControllerProtocol, MeasuredPlant
+from ate_ros.sim.twin_render import CameraStats, RendererState, RenderProcess, RenderSettings
 
 _LOG = logging.getLogger(__name__)
 
@@ -49,16 +62,13 @@ _LOG = logging.getLogger(__name__)
 DIAGNOSTICS_PERIOD_S = 1.0
 #: The real-time factor below which the diagnostics warn.
 MIN_REAL_TIME_FACTOR = 0.95
+#: How long ``ate_twin`` waits for its renderer's first frame of every camera (loading the
+#: model and making GL contexts takes a second or two; far longer on a loaded machine).
+CAMERA_START_TIMEOUT_S = 20.0
 
 
-@dataclass(frozen=True)
-class CameraStats:
-    """One camera's rendering since the host started."""
-
-    frames: int
-    #: Frames not rendered because the renderer was busy past their due time.
-    dropped: int
-    render_s: float  # total time spent drawing
+class NoTaskError(RuntimeError):
+    """An episode service was called on a host started without a task."""
 
 
 @dataclass(frozen=True)
@@ -83,17 +93,27 @@ class TwinHost:
 
     ``cfg`` gives the arms (model, home pose, push cycle) and their sim endpoints
     (``cfg.sim.arms``), each overridable by the emulator's keyword arguments in
-    ``endpoints[side]`` (tests bind port 0). Each controller starts where the twin's arm and
-    gripper are; the twin is the clock thread's once `start` has returned.
+    ``endpoints[side]`` (tests bind port 0). With a ``task`` the twin (built from
+    ``task.scene()``) is reset to the task's scene of ``seed`` first. Each controller starts
+    where the twin's arm and gripper are; the twin is the clock thread's once `start` has
+    returned (`edit` borrows it between two ticks).
     """
 
     def __init__(self, cfg: BimanualConfig, twin: Twin,
                  endpoints: Optional[Mapping[str, Dict[str, Any]]] = None,
-                 cameras: bool = True) -> None:
+                 cameras: bool = True, task: Optional[Task] = None, seed: int = 0,
+                 render: RenderSettings = RenderSettings()) -> None:
         self.twin = twin
+        self.task = task
+        #: The seed of the scene the twin holds (its last reset's).
+        self.seed = int(seed)
+        self._next_seed = int(seed)
+        if task is not None:
+            task.reset(twin, self.seed)
         #: The cameras rendered into shared memory: the config's that the twin has.
         self.cameras: Dict[str, CameraConfig] = (
             {n: c for n, c in cfg.cameras.items() if n in twin.camera_names} if cameras else {})
+        self._render_settings = render
         sim = {"left": cfg.sim.arms.left, "right": cfg.sim.arms.right}
         self.plants: Dict[str, MeasuredPlant] = {}
         self.emulators: Dict[str, RealManEmulator] = {}
@@ -123,9 +143,8 @@ class TwinHost:
         self._start_s = 0.0
         self._poses: Dict[str, np.ndarray] = {}
         self._writers: Dict[str, FrameWriter] = {}
-        self._renderer_thread: Optional[threading.Thread] = None
-        self._camera_stats: Dict[str, CameraStats] = {
-            name: CameraStats(0, 0, 0.0) for name in self.cameras}
+        self._renderer: Optional[RenderProcess] = None
+        self._camera_base: Dict[str, CameraStats] = {}
 
     @staticmethod
     def _plant_for(plant: MeasuredPlant) -> Any:
@@ -135,6 +154,9 @@ class TwinHost:
 
     # ---- lifecycle -------------------------------------------------------------------------
     def start(self) -> "TwinHost":
+        """Serve the controllers, start the clock and the render process (without waiting for
+        its first frames: `wait_for_cameras`). Call it from a thread that lives as long as the
+        host: the render process dies with it."""
         started: List[RealManEmulator] = []
         try:
             for emulator in self.emulators.values():
@@ -148,28 +170,40 @@ class TwinHost:
             for name, cam in self.cameras.items():
                 self._writers[name] = FrameWriter(twin_frame_block(left.ip, left.tcp_port, name),
                                                   cam.width, cam.height)
+            if self._writers:
+                self._renderer = RenderProcess(
+                    self.twin.model, self.cameras,
+                    {name: w.name for name, w in self._writers.items()},
+                    self._render_settings)
+                self._renderer.start(self.twin.data)
         except BaseException:
             self.stop()
             raise
         self._start_s = time.monotonic()
         self._thread = threading.Thread(target=self._clock, name="twin-clock", daemon=True)
         self._thread.start()
-        if self._writers:
-            self._renderer_thread = threading.Thread(target=self._render_loop,
-                                                     name="twin-render", daemon=True)
-            self._renderer_thread.start()
         return self
+
+    def wait_for_cameras(self, timeout_s: float = CAMERA_START_TIMEOUT_S,
+                         stop: Optional[threading.Event] = None) -> bool:
+        """Wait until every camera has a frame; ``TwinRenderError`` with the reason when the
+        renderer failed or took longer than ``timeout_s``. True at once without cameras; False
+        when ``stop`` was set meanwhile."""
+        if self._renderer is None:
+            return True
+        return self._renderer.wait_rendering(timeout_s, stop)
 
     def frame_block(self, camera: str) -> str:
         """The shared-memory block `camera`'s frames go to."""
         return self._writers[camera].name
 
     def stop(self) -> None:
-        """Stop the clock, then every emulator. Idempotent."""
+        """Stop the clock, the renderer, then every emulator. Idempotent."""
         self._stop.set()
-        for thread in (self._thread, self._renderer_thread):
-            if thread is not None:
-                thread.join()
+        if self._thread is not None:
+            self._thread.join()
+        if self._renderer is not None:
+            self._renderer.stop()
         for emulator in self.emulators.values():
             emulator.stop()
         for writer in self._writers.values():
@@ -193,8 +227,36 @@ class TwinHost:
                              self._late, self._skipped, self._worst_late_s)
 
     def camera_stats(self) -> Dict[str, CameraStats]:
+        """Each camera's frames, dropped frames and drawing time since the host started (or
+        since `restart_stats`)."""
+        if self._renderer is None:
+            return {}
+        now = self._renderer.camera_stats()
         with self._stats_lock:
-            return dict(self._camera_stats)
+            base = dict(self._camera_base)
+        zero = CameraStats(0, 0, 0.0)
+        return {name: CameraStats(s.frames - base.get(name, zero).frames,
+                                  s.dropped - base.get(name, zero).dropped,
+                                  s.render_s - base.get(name, zero).render_s)
+                for name, s in now.items()}
+
+    def renderer_state(self) -> Optional[RendererState]:
+        """How the render process is doing; None without cameras."""
+        return None if self._renderer is None else self._renderer.state()
+
+    @property
+    def renderer_pid(self) -> Optional[int]:
+        return None if self._renderer is None else self._renderer.pid
+
+    def restart_stats(self) -> None:
+        """Count ticks, lateness and frames afresh from now (a benchmark's measured window
+        starts after the start-up)."""
+        base = self._renderer.camera_stats() if self._renderer is not None else {}
+        with self._stats_lock:
+            self._ticks = self._late = self._skipped = 0
+            self._worst_late_s = 0.0
+            self._start_s = time.monotonic()
+            self._camera_base = base
 
     def object_positions(self) -> Dict[str, np.ndarray]:
         """Each object's position (m, base frame) at the last tick."""
@@ -205,9 +267,42 @@ class TwinHost:
     def edit(self) -> Iterator[Twin]:
         """The twin between two ticks, to change the scene (place an object, reset it): the
         clock waits meanwhile, so keep it short. The controllers keep their references: an
-        arm moved here is pulled back to where its controller holds it."""
+        arm moved here is pulled back to where its controller holds it (`reset_episode` moves
+        the controllers with the arms)."""
         with self._twin_lock:
             yield self.twin
+
+    # ---- episodes ------------------------------------------------------------------------------
+    def _task(self) -> Task:
+        if self.task is None:
+            raise NoTaskError("the twin host runs no task: start it with --task NAME "
+                              "(ate_twin --task pick_place, or the launch argument task:=NAME)")
+        return self.task
+
+    def reset_episode(self) -> Tuple[int, str]:
+        """Reset the task's scene with the next seed, between two ticks, and have every
+        controller hold its arm and gripper where the reset put them (at rest, nothing
+        pending); (the seed, where the objects are now in words). `NoTaskError` without a
+        task."""
+        task = self._task()
+        with self.edit() as twin:
+            seed = self._next_seed
+            task.reset(twin, seed)
+            for side, emulator in self.emulators.items():
+                q, opening = twin.joint_positions(side), twin.gripper_opening(side)
+                emulator.place(q, opening)
+                self.plants[side].update(q, np.zeros_like(q), opening)
+            if self._renderer is not None:
+                self._renderer.publish(twin.data, time.monotonic_ns())
+            self.seed, self._next_seed = seed, seed + 1
+            return seed, task.describe(twin)
+
+    def check_episode(self) -> Outcome:
+        """The task's success check on the scene now (between two ticks). `NoTaskError`
+        without a task."""
+        task = self._task()
+        with self.edit() as twin:
+            return task.check(twin)
 
     # ---- the clock ---------------------------------------------------------------------------
     def _tick(self, deadline: float) -> None:
@@ -245,6 +340,8 @@ class TwinHost:
                     for _ in range(due):
                         self._tick(deadline)
                         deadline += PUSH_CYCLE_UNIT_S
+                    if self._renderer is not None:
+                        self._renderer.publish(self.twin.data, time.monotonic_ns())
                     poses = {n: self.twin.object_pose(n)[:3, 3] for n in self.twin.object_names}
                 with self._stats_lock:
                     self._ticks += due
@@ -262,61 +359,32 @@ class TwinHost:
                 self._stop.wait(delay)
 
 
-    # ---- the cameras ---------------------------------------------------------------------------
-    def _render_loop(self) -> None:
-        from ate_core.twin.gl import require_rendering
-        from ate_core.twin.model import mujoco
-
-        require_rendering()
-        # GL contexts belong to the thread that made them: made, used and closed here.
-        renderers = {name: mujoco.Renderer(self.twin.model, height=cam.height, width=cam.width)
-                     for name, cam in self.cameras.items()}
-        try:
-            start = time.monotonic()
-            due = {name: start for name in self.cameras}
-            while not self._stop.is_set():
-                name = min(due, key=due.__getitem__)
-                delay = due[name] - time.monotonic()
-                if delay > 0 and self._stop.wait(delay):
-                    break
-                period = 1.0 / self.cameras[name].fps
-                renderer = renderers[name]
-                with self._twin_lock:
-                    self.twin.forward()
-                    renderer.update_scene(self.twin.data, camera=name)
-                stamp_ns = time.monotonic_ns()
-                rgb = renderer.render()
-                self._writers[name].write(rgb, stamp_ns)
-                now = time.monotonic()
-                # The next frame is due a period after this one's due time; those already
-                # past are not drawn late, they are dropped.
-                missed = max(int((now - due[name]) / period), 0)
-                due[name] += (missed + 1) * period
-                with self._stats_lock:
-                    s = self._camera_stats[name]
-                    self._camera_stats[name] = CameraStats(
-                        s.frames + 1, s.dropped + missed, s.render_s + now - stamp_ns * 1e-9)
-        finally:
-            for renderer in renderers.values():
-                renderer.close()
-
-
 # ---- the ROS side ---------------------------------------------------------------------------
-def diagnostics_node(host: TwinHost) -> Any:
-    """The rclpy node ``twin``: the host's real-time factor, late ticks, sim time and object
-    positions on /diagnostics every ``DIAGNOSTICS_PERIOD_S``."""
-    from rclpy.node import Node
+def twin_node(host: TwinHost, **kwargs: Any) -> Any:
+    """The rclpy node ``twin`` (``kwargs`` go to ``Node``: a test's context).
 
-    from ate_ros.diagnostics import OK, WARN, diagnostic_array, diagnostic_status
+    ``/diagnostics`` every ``DIAGNOSTICS_PERIOD_S``: the real-time factor, late ticks, sim
+    time, object positions, the episode's ``task`` and ``seed``, the renderer and each
+    camera's rate, dropped frames and drawing time. Services (std_srvs/Trigger), answered
+    between two physics ticks: ``~/reset`` (``/twin/reset``) resets the task's scene with the
+    next seed, message ``seed=<seed>: <where the objects are>``; ``~/check`` (``/twin/check``)
+    answers the task's success check, message its reason. Without a task both answer
+    success=False with a message that says to start with ``--task``.
+    """
+    from rclpy.node import Node
+    from std_srvs.srv import Trigger
+
+    from ate_ros.diagnostics import ERROR, OK, WARN, diagnostic_array, diagnostic_status
     from diagnostic_msgs.msg import DiagnosticArray
 
-    node = Node("twin")
+    node = Node("twin", **kwargs)
     pub = node.create_publisher(DiagnosticArray, "/diagnostics", 10)
 
     def publish() -> None:
         s = host.stats()
         rtf = s.real_time_factor
         behind = rtf < MIN_REAL_TIME_FACTOR or s.skipped_ticks > 0
+        level = WARN if behind else OK
         message = (f"physics behind real time: factor {rtf:.3f}, {s.late_ticks} late and "
                    f"{s.skipped_ticks} skipped ticks" if behind
                    else f"real time (factor {rtf:.3f})")
@@ -324,7 +392,16 @@ def diagnostics_node(host: TwinHost) -> Any:
             "real_time_factor": f"{rtf:.4f}", "sim_time_s": f"{s.sim_time_s:.3f}",
             "wall_time_s": f"{s.wall_time_s:.3f}", "ticks": s.ticks,
             "late_ticks": s.late_ticks, "skipped_ticks": s.skipped_ticks,
-            "worst_lateness_ms": f"{s.worst_lateness_s * 1e3:.1f}"}
+            "worst_lateness_ms": f"{s.worst_lateness_s * 1e3:.1f}",
+            "task": host.task.name if host.task is not None else "none", "seed": host.seed}
+        renderer = host.renderer_state()
+        if renderer is not None:
+            values["renderer"] = (f"{renderer.phase}: {renderer.reason}" if renderer.reason
+                                  else renderer.phase)
+            values["renderer_pid"] = host.renderer_pid
+            if renderer.phase == "failed":
+                level = ERROR
+                message = f"camera renderer failed, the cameras get no frames: {renderer.reason}"
         wall = max(s.wall_time_s, 1e-9)
         for name, cam in host.camera_stats().items():
             values[f"camera.{name}.fps"] = f"{cam.frames / wall:.1f}"
@@ -333,9 +410,34 @@ def diagnostics_node(host: TwinHost) -> Any:
         for name, xyz in host.object_positions().items():
             values[f"object.{name}"] = " ".join(f"{v:.4f}" for v in xyz)
         pub.publish(diagnostic_array(node.get_clock().now().to_msg(), diagnostic_status(
-            "twin: physics", WARN if behind else OK, message, "twin", values)))
+            "twin: physics", level, message, "twin", values)))
+
+    def reset(_: Any, response: Any) -> Any:
+        try:
+            seed, where = host.reset_episode()
+        except NoTaskError as e:
+            response.success, response.message = False, str(e)
+            return response
+        except Exception as e:  # a scene the task cannot draw: answered, never raised
+            response.success, response.message = False, f"reset failed: {type(e).__name__}: {e}"
+            node.get_logger().error(response.message)
+            return response
+        response.success, response.message = True, f"seed={seed}: {where}"
+        node.get_logger().info(f"episode reset: {response.message}")
+        return response
+
+    def check(_: Any, response: Any) -> Any:
+        try:
+            outcome = host.check_episode()
+        except NoTaskError as e:
+            response.success, response.message = False, str(e)
+            return response
+        response.success, response.message = outcome.success, outcome.reason
+        return response
 
     node.create_timer(DIAGNOSTICS_PERIOD_S, publish)
+    node.create_service(Trigger, "~/reset", reset)
+    node.create_service(Trigger, "~/check", check)
     return node
 
 
@@ -354,7 +456,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                              "DIR/emulator_<arm>.jsonl")
     parser.add_argument("--no-cameras", action="store_true",
                         help="physics only: render no camera (the camera nodes then wait)")
-    parser.add_argument("--seed", type=int, default=0, help="scene seed of the twin's reset")
+    parser.add_argument("--task", default="", metavar="NAME",
+                        help="the scene of this task (ate_core.twin.tasks: pick_place, push, "
+                             "handover, lift_box), with the /twin/reset and /twin/check "
+                             "services; default: the twin's whole scene, no episodes")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="scene seed of the start-up reset (and, with --task, of the first "
+                             "/twin/reset; each later one takes the next)")
     parser.add_argument("--realtime-priority", type=int, default=0, metavar="N",
                         help="SCHED_FIFO priority for every thread (0: normal scheduling)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -363,9 +471,16 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``argv`` as ``sys.argv`` (program name first), the convention of ``ate_ros.entry``."""
+    """``argv`` as ``sys.argv`` (program name first), the convention of ``ate_ros.entry``.
+
+    Exit status 0 after SIGINT or SIGTERM, 2 for a bad config or task, 3 when the cameras
+    cannot be drawn (the reason on stderr)."""
+    from ate_core.twin.config import TwinConfig
+    from ate_core.twin.gl import TwinRenderError
     from ate_core.twin.model import TwinRobot
+    from ate_core.twin.tasks import get_task
     from ate_ros.node_host import run_nodes
+    from ate_ros.signals import setting
 
     argv = list(sys.argv if argv is None else argv)
     args = parse_args(argv[1:])
@@ -375,8 +490,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   lambda why: print(f"ate_twin: {why}", file=sys.stderr), "twin")
     try:
         cfg = load_config(args.config)
-        twin = Twin(TwinRobot.from_config(cfg))
-        twin.reset(args.seed)
+        task = get_task(args.task) if args.task else None
+        twin = Twin(TwinRobot.from_config(cfg),
+                    task.scene() if task is not None else TwinConfig())
+        if task is None:
+            twin.reset(args.seed)
         options: Dict[str, Dict[str, Any]] = {side: {} for side, _ in cfg.arms.items()}
         for side, opts in options.items():
             if args.control_port is not None:
@@ -384,26 +502,49 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if args.log_dir:
                 os.makedirs(args.log_dir, exist_ok=True)
                 opts["log_path"] = os.path.join(args.log_dir, f"emulator_{side}.jsonl")
-        # The cameras as the camera nodes see them in sim (the twin's size and rate).
-        cameras = simulated(cfg).cameras
+        # The cameras as the camera nodes see them in sim with the twin on (the twin's size
+        # and rate), whether the config turns the twin on or the launch (twin:=true) does.
+        cameras = simulated(dataclasses.replace(
+            cfg, sim=dataclasses.replace(cfg.sim, twin=True))).cameras
         host = TwinHost(dataclasses.replace(cfg, cameras=cameras), twin, options,
-                        cameras=not args.no_cameras).start()
+                        cameras=not args.no_cameras, task=task, seed=args.seed).start()
+    except TwinRenderError as exc:
+        print(f"ate_twin: cameras: {exc} (--no-cameras runs the physics without them)",
+              file=sys.stderr)
+        return 3
     except (KeyError, ValueError, OSError) as exc:
         print(f"ate_twin: {exc}", file=sys.stderr)
         return 2
     # One line per controller, as `ate_realman_emulator` says it (`ate_ros.sim.bimanual` reads
-    # them).
+    # them): the controllers serve from here on, whatever the cameras do.
     for side, e in host.emulators.items():
         control = "" if e.control_port is None else f" control_port={e.control_port}"
         print(f"ate_twin listening side={side} model={e.model.name} ip={e.ip} "
               f"tcp_port={e.tcp_port} push={e.push_config.ip}:{e.push_port}{control}",
               flush=True)
+    stop = threading.Event()
+    previous = {signum: signal.signal(signum, setting(stop))
+                for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
-        run_nodes(lambda: [diagnostics_node(host)], argv)
-        # As the emulators do: serve the arm drivers' last stop for up to 1 s after a signal.
-        deadline = time.monotonic() + 1.0
-        while host.connection_count() > 0 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        try:
+            cameras_up = host.wait_for_cameras(CAMERA_START_TIMEOUT_S, stop)
+        except TwinRenderError as exc:
+            print(f"ate_twin: cameras: {exc} (--no-cameras runs the physics without them)",
+                  file=sys.stderr, flush=True)
+            return 3
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+        if cameras_up and host.cameras:
+            print(f"ate_twin rendering cameras={','.join(host.cameras)} "
+                  f"pid={host.renderer_pid}", flush=True)
+        if cameras_up:
+            run_nodes(lambda: [twin_node(host)], argv)
+            # As the emulators do: serve the arm drivers' last stop for up to 1 s after a
+            # signal.
+            deadline = time.monotonic() + 1.0
+            while host.connection_count() > 0 and time.monotonic() < deadline:
+                time.sleep(0.02)
     finally:
         host.stop()
     return 0
