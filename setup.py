@@ -43,6 +43,7 @@ setup(
         *share_tree("launch"),
         *share_tree("config"),
         *share_tree("urdf"),
+        *share_tree("policies"),
     ],
     # Runtime dependencies come from package.xml (rosdep) on a robot PC and from
     # requirements.txt in a venv; setuptools must not try to resolve ROS packages from PyPI.

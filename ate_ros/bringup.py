@@ -1,12 +1,24 @@
-"""``ate_bringup``: the simulated bimanual robot, one process per node, and a status report.
+"""``ate_bringup`` (``./run.sh``): the simulated bimanual robot, one process per node, a policy
+running a task on the twin, and a report.
+
+By default it is the main job: the stack on the MuJoCo twin (``ate_twin``: both RealMan
+controllers on physics, the cameras rendered), the policy that ships for ``--task``
+(share/ate_ros/policies/twin_<task>, or ``--checkpoint``) in the inference node, and
+``--episodes`` randomized episodes of the task run through the whole stack
+(:mod:`ate_ros.episodes`: reset the scene from the next seed, engage, ask the twin's success
+check until it holds or time runs out, disengage). The report adds each episode's seed, result
+and time, the success rate, the safety rules checked on the measured motion, and where the head
+camera strip and the joint-path plot were written. ``--no-policy`` is the idle bring-up: the
+stack without a policy (``sim.twin`` chooses the twin or idealised emulators) for
+``--duration`` seconds; ``--episodes 0`` runs the policy freely for ``--duration``
+(``--engage`` hands it the arms).
 
 This is what ``ros2 launch ate_ros bimanual.launch.py sim:=true`` starts, started without the
-``launch`` tool: an idealised controller emulator per arm (``ate_realman_emulator``) or, with
-``--twin`` (config ``sim.twin``), the twin host with both controllers on MuJoCo physics
-(``ate_twin``), then every
-node of ``ate_ros.graph.robot_graph`` in a process of its own, with the command line and
-parameter file launch_ros gives it: both arm drivers, the joint-state aggregator, the simulated
-cameras, with ``--checkpoint`` the inference node, and the supervisor. Each arm driver needs a
+``launch`` tool: an idealised controller emulator per arm (``ate_realman_emulator``) or the
+twin host, then every node of ``ate_ros.graph.robot_graph`` in a process of its own, with the
+command line and parameter file launch_ros gives it: both arm drivers, the joint-state
+aggregator, the simulated cameras, the inference node when there is a policy, and the
+supervisor. Each arm driver needs a
 process of its own: RealMan's SDK runs one request at a time per process and its state-push
 callbacks need the interpreter lock, so next to cameras, a model and the supervisor's real-time
 tick they stalled for 60-670 ms (arms stale, a controller reconnected, commands at 18 Hz instead
@@ -22,18 +34,18 @@ outright leaves none behind. Their output goes to one log file each, in the dire
 at start.
 
 Once every node is in the ROS graph, the arm drivers publish joint states and they and the
-supervisor have reported on ``/diagnostics``, it watches for ``--duration`` seconds (0: until
-Ctrl-C) and then prints what it saw: the emulated controllers, each arm driver's link and its
-reconnects and stale periods, the supervisor's mode and tick timing, every node in the graph,
-topic rates, each arm's TCP from the measured joints, and the processes' exit codes. The
-supervisor starts idle; ``--engage`` hands control to the policy once it publishes chunks, so
-the emulated arms follow the policy.
+supervisor have reported on ``/diagnostics``, it runs the episodes (or watches for
+``--duration`` seconds) and then prints what it saw: the emulated controllers, each arm
+driver's link and its reconnects and stale periods, the supervisor's mode, tick timing and
+interventions, the policy's chunks and latency, every node in the graph, topic rates, each
+arm's TCP from the measured joints, and the processes' exit codes.
 """
 
 from __future__ import annotations
 
 import argparse
 import ctypes
+import dataclasses
 import datetime
 import os
 import signal
@@ -43,7 +55,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray
@@ -60,9 +72,13 @@ from ate_ros.graph import (EmulatorSpec, NodeSpec, controllers_of, in_process, r
                            sim_hardware)
 from ate_ros.node_host import NodeHost
 from ate_ros.realtime import raise_process_to_fifo
-from ate_ros.resources import default_config_path
+from ate_ros.resources import default_config_path, share_dir
 from ate_ros.signals import setting
 from ate_ros.sim.bimanual import EmulatedController, EmulatorUnreachable
+
+if TYPE_CHECKING:  # the twin (MuJoCo) loads only for a run that uses it
+    from ate_core.twin.tasks import Task
+    from ate_ros.episodes import EpisodeRun
 
 #: How long every node of the graph may take to appear and the arms to publish (imports of
 #: rclpy, numpy and torch in 7-9 processes on two cores).
@@ -214,14 +230,19 @@ def process_of(plan: Sequence[Launched], executable: str, **parameters: object) 
 
 
 def stack_plan(cfg: BimanualConfig, config_file: str, checkpoint: str,
-               params_dir: Path, twin: Optional[bool] = None
-               ) -> Tuple[List[Launched], List[NodeSpec]]:
+               params_dir: Path, twin: Optional[bool] = None, task: str = "", seed: int = 0,
+               instruction: str = "") -> Tuple[List[Launched], List[NodeSpec]]:
     """What ``bimanual.launch.py sim:=true`` starts, in its order: (processes, nodes left to
-    ``ros2 launch``). Nothing is written or started here."""
+    ``ros2 launch``); with ``task`` the twin host sets that task's scene up from ``seed`` and
+    the policy is given ``instruction``. Nothing is written or started here."""
     plan = [Launched(spec.name, tuple(spec.command()), controllers=controllers_of(spec))
-            for spec in sim_hardware(cfg, config_file, twin)]
+            for spec in sim_hardware(cfg, config_file, twin, task=task, seed=seed)]
     ours, external = in_process(robot_graph(cfg, config_file, urdf_xml="", sim=True,
                                             checkpoint=checkpoint, twin=twin))
+    if instruction:
+        ours = [dataclasses.replace(spec, parameters={**spec.parameters,
+                                                      "inference.task": instruction})
+                if spec.executable == "inference_node" else spec for spec in ours]
     for spec in ours:
         name = spec.fully_qualified_name.lstrip("/")
         params = params_dir / f"{name.replace('/', '.')}.yaml"
@@ -308,6 +329,26 @@ class StackWatch:
                 values = {kv.key: kv.value for kv in status.values}
                 self._diagnostics[status.name] = (level, status.message, values)
                 self._history.setdefault(status.name, []).append((made_s, values))
+
+    def status_values(self, name: str) -> Dict[str, str]:
+        """The newest ``/diagnostics`` values of the status ``name`` ({} before its first)."""
+        with self._lock:
+            entry = self._diagnostics.get(name)
+        return dict(entry[2]) if entry is not None else {}
+
+    def supervisor_mode(self) -> Optional[str]:
+        return self.status_values("supervisor").get("mode")
+
+    def supervisor_counts(self) -> Dict[str, int]:
+        """The supervisor's interventions and faults so far, by ``rule.arm``."""
+        counts = {}
+        for key, value in self.status_values("supervisor").items():
+            if key.startswith("count."):
+                try:
+                    counts[key[len("count."):]] = int(value)
+                except ValueError:
+                    pass
+        return counts
 
     def silent_reporters(self) -> List[str]:
         """The arm drivers and the supervisor, as long as they have sent no ``/diagnostics``
@@ -578,6 +619,8 @@ class Bringup:
         #: The process serving each arm's controller.
         self.controller_process: Dict[str, str] = {}
         self.failed = False
+        #: What the episodes wrote (what, path).
+        self.pictures: Dict[str, Path] = {}
 
     def check_children(self) -> bool:
         """Report every process that ended on its own; True while none has."""
@@ -664,6 +707,25 @@ class Bringup:
                 return
             self.stop.wait(0.05)
 
+    def run_episodes(self, task: "Task", episodes: int, out_dir: Path) -> "EpisodeRun":
+        """``episodes`` episodes of ``task`` on the twin (see :mod:`ate_ros.episodes`)."""
+        from ate_ros.episodes import EpisodeRunner
+
+        self.watch.start_window()
+        runner = EpisodeRunner(self.watch.node, self.cfg,
+                               alive=lambda: not self.stop.is_set() and self.check_children(),
+                               supervisor_mode=self.watch.supervisor_mode,
+                               supervisor_counts=self.watch.supervisor_counts)
+        print(f"ate_bringup: running {_plural(episodes, 'episode')} of {task.name} "
+              f"(at most {task.time_limit_s:g} s each)", flush=True)
+        run = runner.run(task.name, task.instruction, episodes, task.time_limit_s,
+                         log=lambda line: print(line, flush=True))
+        try:
+            self.pictures = runner.write_pictures(run, out_dir)
+        except (OSError, ValueError) as e:
+            print(f"ate_bringup: could not write the pictures: {e}", file=sys.stderr, flush=True)
+        return run
+
     def safe_stop(self) -> None:
         """After a process died: latch the supervisor's e-stop while the arms still listen."""
         supervisor = process_of(self.plan, "supervisor_node")
@@ -686,25 +748,97 @@ class Bringup:
         return snap
 
 
+#: The main job's task and episodes when none are named; its first seed (the demonstrations the
+#: shipped policy learnt from use seeds from 0, evaluation never overlaps them).
+DEFAULT_TASK = "lift_box"
+DEFAULT_EPISODES = 10
+DEFAULT_EVAL_SEED = 1000
+#: ``--no-policy`` and ``--episodes 0`` runs last this long when no ``--duration`` is given.
+DEFAULT_DURATION_S = 5.0
+
+
+def shipped_policy(task: str) -> Path:
+    """The policy that ships with the package for ``task`` (share/ate_ros/policies/twin_<task>)."""
+    return share_dir() / "policies" / f"twin_{task}"
+
+
+@dataclass(frozen=True)
+class Job:
+    """What this run does, from the command line: idle bring-up, a free run, or episodes."""
+
+    checkpoint: str
+    twin: Optional[bool]
+    duration_s: float
+    task: Optional["Task"] = None
+    episodes: int = 0
+    seed: int = DEFAULT_EVAL_SEED
+
+
+def job_from_args(args: argparse.Namespace) -> Job:
+    """Check the options against each other; ``ValueError`` names the conflict."""
+    from ate_core.twin.tasks import get_task
+
+    duration = DEFAULT_DURATION_S if args.duration is None else args.duration
+    if args.no_policy:
+        if args.checkpoint:
+            raise ValueError("--no-policy and --checkpoint contradict each other")
+        return Job("", args.twin, duration)
+    task = get_task(args.task)
+    checkpoint = args.checkpoint
+    if not checkpoint:
+        checkpoint = str(shipped_policy(task.name))
+        if not Path(checkpoint).is_dir():
+            raise ValueError(f"no policy ships for task {task.name} ({checkpoint} does not "
+                             f"exist): train one (README, 'The main job') and pass --checkpoint, "
+                             f"or run --no-policy")
+    if args.episodes < 0:
+        raise ValueError(f"--episodes {args.episodes}: must be >= 0")
+    if args.episodes == 0:
+        return Job(checkpoint, args.twin, duration)
+    if args.twin is False:
+        raise ValueError("episodes run on the twin: drop --no-twin (or use --episodes 0)")
+    if args.duration is not None:
+        raise ValueError("--duration is for --no-policy and --episodes 0 runs; episodes end "
+                         "on success or the task's time limit")
+    return Job(checkpoint, True, duration, task, args.episodes, args.seed)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from ate_core.twin.tasks import TASKS, TaskError
+
     parser = argparse.ArgumentParser(prog="ate_bringup", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(default_config_path()), help="robot config YAML")
-    parser.add_argument("--duration", type=float, default=5.0,
-                        help="seconds to run once the stack is up, then report (0: until Ctrl-C)")
+    parser.add_argument("--task", default=DEFAULT_TASK, choices=sorted(TASKS),
+                        help="the twin task the episodes run (default %(default)s)")
+    parser.add_argument("--episodes", type=int, default=DEFAULT_EPISODES,
+                        help="randomized episodes of --task through the stack on the twin, then "
+                             "report (default %(default)s; 0: a free run for --duration)")
+    parser.add_argument("--seed", type=int, default=DEFAULT_EVAL_SEED,
+                        help="the first episode's scene seed, then +1 each (default %(default)s; "
+                             "the shipped policy's demonstrations used seeds from 0)")
+    parser.add_argument("--checkpoint", default="",
+                        help="policy checkpoint (default: the one shipped for --task, "
+                             "share/ate_ros/policies/twin_<task>)")
+    parser.add_argument("--no-policy", action="store_true",
+                        help="bring the robot up idle, without a policy, for --duration seconds")
+    parser.add_argument("--duration", type=float, default=None,
+                        help="with --no-policy or --episodes 0: seconds to run once the stack "
+                             f"is up, then report (default {DEFAULT_DURATION_S:g}; 0: until "
+                             "Ctrl-C)")
+    parser.add_argument("--engage", action="store_true",
+                        help="with --episodes 0: hand control to the policy once it is "
+                             "publishing chunks")
     parser.add_argument("--domain-id", type=int, default=None,
                         help="ROS_DOMAIN_ID of every process (default: the environment's)")
-    parser.add_argument("--checkpoint", default="",
-                        help="policy checkpoint: also run the inference node on it")
-    parser.add_argument("--engage", action="store_true",
-                        help="hand control to the policy once it is publishing chunks")
     parser.add_argument("--twin", action=argparse.BooleanOptionalAction, default=None,
                         help="the controllers on the MuJoCo twin's physics and the cameras on its "
                              "render (--twin), or idealised emulators and a test pattern "
-                             "(--no-twin); default: the config's sim.twin")
+                             "(--no-twin); default: the twin for episodes, else the config's "
+                             "sim.twin")
     parser.add_argument("--log-dir", type=Path, default=None,
-                        help="where each process's output goes (default: a new directory under "
-                             "ROS_LOG_DIR or ~/.ros/log)")
+                        help="where each process's output and the episodes' pictures go "
+                             "(default: a new directory under ROS_LOG_DIR or ~/.ros/log)")
     args = parser.parse_args(argv)
 
     stop = threading.Event()
@@ -712,13 +846,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     signal.signal(signal.SIGTERM, setting(stop))
     try:
         cfg = load_config(args.config)
-    except ConfigError as e:
+        job = job_from_args(args)
+    except (ConfigError, TaskError, ValueError) as e:
         print(f"ate_bringup: {e}", file=sys.stderr)
         return 2
     log_dir = args.log_dir or default_log_dir()
     try:
-        plan, external = stack_plan(cfg, args.config, args.checkpoint, log_dir / "params",
-                                    twin=args.twin)
+        plan, external = stack_plan(
+            cfg, args.config, job.checkpoint, log_dir / "params", twin=job.twin,
+            task=job.task.name if job.task else "", seed=job.seed,
+            instruction=job.task.instruction if job.task else "")
     except FileNotFoundError as e:
         print(f"ate_bringup: {e}", file=sys.stderr)
         return 2
@@ -728,6 +865,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"ate_bringup: starting {controllers} emulated controllers in {len(plan) - nodes} "
           f"process(es) and {nodes} nodes, one process each; their output goes to {log_dir}",
           flush=True)
+    if job.checkpoint:
+        print(f"ate_bringup: policy {job.checkpoint}", flush=True)
+    episodes = None
     with NodeHost(domain_id=args.domain_id, name="bringup") as host:
         bringup = Bringup(cfg, plan, procs, StackWatch(host.node("bringup_status"), cfg), stop)
         try:
@@ -738,7 +878,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 raise_process_to_fifo(MONITOR_PRIORITY, lambda why: None, "monitor")
                 bringup.wait_until_up()
             if not bringup.failed and not stop.is_set():
-                bringup.run(args.duration, args.engage)
+                if job.task is not None:
+                    episodes = bringup.run_episodes(job.task, job.episodes, log_dir / "episodes")
+                else:
+                    bringup.run(job.duration_s, args.engage)
             if bringup.failed:
                 bringup.safe_stop()
             snap = bringup.snapshot()
@@ -757,9 +900,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   f"the end of {procs.log_path(name)}:\n{_indented(procs.tail(name))}",
                   file=sys.stderr, flush=True)
             clean = False
-    print(report(cfg, plan, external, bringup.watch, snap, procs.pids, exit_codes, log_dir),
-          flush=True)
-    return 1 if bringup.failed or not clean else 0
+    text = report(cfg, plan, external, bringup.watch, snap, procs.pids, exit_codes, log_dir)
+    if episodes is not None:
+        text += "\n" + "\n".join(episodes.lines())
+        for what, path in bringup.pictures.items():
+            text += f"\n  {what}: {path}"
+    print(text, flush=True)
+    aborted = episodes is not None and bool(episodes.aborted) and not stop.is_set()
+    return 1 if bringup.failed or not clean or aborted else 0
 
 
 if __name__ == "__main__":

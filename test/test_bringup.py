@@ -164,7 +164,7 @@ def _check_report(out: str) -> None:
 def test_run_script_brings_up_the_emulated_robot_and_reports(tmp_path):
     config = _config_on_free_endpoints(tmp_path)
     result = subprocess.run(
-        [str(REPO / "run.sh"), "--config", str(config), "--duration", "2",
+        [str(REPO / "run.sh"), "--no-policy", "--config", str(config), "--duration", "2",
          "--domain-id", str(next_domain_id()), "--log-dir", str(tmp_path / "logs")],
         capture_output=True, text=True, timeout=DEADLINE_S, env=_env())
     out = result.stdout
@@ -179,7 +179,7 @@ def test_run_script_brings_up_the_emulated_robot_and_reports(tmp_path):
 
 
 def test_every_node_runs_in_a_process_of_its_own_and_ctrl_c_stops_them_all(tmp_path):
-    bringup = Bringup(tmp_path, "--duration", "0")
+    bringup = Bringup(tmp_path, "--no-policy", "--duration", "0")
     try:
         bringup.wait_for(r"^ate_bringup: running; Ctrl-C to stop")
         children = bringup.children()
@@ -214,7 +214,7 @@ def test_every_node_runs_in_a_process_of_its_own_and_ctrl_c_stops_them_all(tmp_p
 
 
 def test_a_process_that_dies_is_reported_and_the_stack_stops_safely(tmp_path):
-    bringup = Bringup(tmp_path, "--duration", "0")
+    bringup = Bringup(tmp_path, "--no-policy", "--duration", "0")
     try:
         bringup.wait_for(r"^ate_bringup: running; Ctrl-C to stop")
         right = _arm_driver(bringup.children(), "right")
@@ -237,7 +237,7 @@ def test_a_process_that_dies_is_reported_and_the_stack_stops_safely(tmp_path):
 
 
 def test_a_bringup_killed_outright_leaves_no_process_behind(tmp_path):
-    bringup = Bringup(tmp_path, "--duration", "0")
+    bringup = Bringup(tmp_path, "--no-policy", "--duration", "0")
     try:
         bringup.wait_for(r"^ate_bringup: running; Ctrl-C to stop")
         assert len(bringup.children()) == PROCESSES
@@ -256,8 +256,25 @@ def test_bringup_rejects_a_bad_config_with_a_clear_error(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(data))
     result = subprocess.run([sys.executable, "-m", "ate_ros.bringup",
-                             "--config", str(bad), "--duration", "0.1"],
+                             "--no-policy", "--config", str(bad), "--duration", "0.1"],
                             capture_output=True, text=True, timeout=60, env=_env())
     assert result.returncode == 2
     assert f"{bad}: arms.left.udp_port: expected an integer, got str 'eighty'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("argv,problem", [
+    (["--no-policy", "--checkpoint", "x"], "--no-policy and --checkpoint contradict"),
+    (["--checkpoint", "x", "--no-twin"], "episodes run on the twin: drop --no-twin"),
+    (["--checkpoint", "x", "--duration", "3"], "--duration is for --no-policy and --episodes 0"),
+    (["--checkpoint", "x", "--episodes", "-1"], "--episodes -1: must be >= 0"),
+    (["--task", "handover"], "no policy ships for task handover"),
+])
+def test_contradicting_options_are_refused_before_anything_starts(tmp_path, argv, problem):
+    result = subprocess.run([sys.executable, "-m", "ate_ros.bringup", "--log-dir",
+                             str(tmp_path / "logs"), *argv],
+                            capture_output=True, text=True, timeout=60, env=_env())
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert problem in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "logs").exists()  # nothing started, nothing written
+
