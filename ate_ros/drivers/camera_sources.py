@@ -341,10 +341,12 @@ class V4L2Source(CameraSource):
 
 class TwinSource(CameraSource):
     """The twin's rendered frames: the newest one in the shared-memory block ``cfg.device``
-    that the twin host (`ate_ros.sim.twin_host`) writes at the camera's rate.
+    that the twin host's render process (`ate_ros.sim.twin_render`) writes at the camera's
+    rate.
 
     ``read`` waits for a frame newer than the last one; frames the host wrote meanwhile count
-    as dropped. A frame is stamped with the time it was rendered, on the given clock.
+    as dropped. A frame is stamped with the time the physics reached the state it shows, on
+    the given clock.
     """
 
     kind = "twin"

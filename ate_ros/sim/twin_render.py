@@ -23,8 +23,10 @@ only publishes the state a camera sees, and this process draws it:
   drawing time.
 
 The process runs niced, with Mesa's rasterizer threads limited (:class:`RenderSettings`), so
-that on a small machine the physics clock gets the CPU when both want it (bench/twin_host.py
-measures both). :class:`RenderProcess` is the host's side: it starts the process in a session
+that on a small machine the physics clock gets the CPU when both want it and the renderer never
+takes more than one core. Measured beside a training run (``bench/twin_host.py --variants``),
+neither setting changed the physics' worst lateness beyond the noise; they are a bound, not a
+speed-up. :class:`RenderProcess` is the host's side: it starts the process in a session
 of its own (a Ctrl-C in a terminal reaches the host, which then stops its renderer), at normal
 scheduling even under a SCHED_FIFO host, and dying with the thread that started it
 (PR_SET_PDEATHSIG: start it from a thread that lives as long as the host, the main thread).
