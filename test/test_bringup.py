@@ -278,3 +278,40 @@ def test_contradicting_options_are_refused_before_anything_starts(tmp_path, argv
     assert problem in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "logs").exists()  # nothing started, nothing written
 
+
+
+def test_the_main_job_runs_an_episode_of_the_shipped_policy_through_the_stack_on_the_twin(
+        tmp_path):
+    """`./run.sh`'s default, cut to one episode: the twin, the shipped policy, the episode
+    through the supervisor, and the report with its pictures. Whether the box comes up is the
+    README's measurement over ten episodes; here the episode must run and be reported."""
+    logs = tmp_path / "logs"
+    tag = uuid.uuid4().hex
+    result = subprocess.run(
+        [sys.executable, "-m", "ate_ros.bringup", "--episodes", "1", "--seed", "1000",
+         "--config", str(_config_on_free_endpoints(tmp_path)), "--domain-id",
+         str(next_domain_id()), "--log-dir", str(logs)],
+        capture_output=True, text=True, timeout=DEADLINE_S + 60, env=_env(tag))
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    assert "Traceback" not in out + result.stderr
+    assert f"policy {REPO / 'policies' / 'twin_lift_box'}" in out
+    # The twin host instead of the emulators, and the inference node among the nodes.
+    assert re.search(r"nodes: .*/inference", out), out
+    assert re.search(r"controller left .*", out), out
+    episode = re.search(r"^\s+1\s+seed 1000\s+(success|FAILED)\s+([\d.]+) s\s+(\d+) chunks\s+(.+)$",
+                        out, re.MULTILINE)
+    assert episode is not None, out
+    assert int(episode.group(3)) > 0  # the policy drove this episode
+    assert re.search(r"success [01]/1 = \d+ % \(95 % interval \d+-\d+ %\), seeds 1000-1000", out)
+    states = re.search(r"safety rules in the measured motion: (\d+) states checked, "
+                       r"0 violations", out)
+    assert states is not None and int(states.group(1)) > 20, out
+    # The supervisor commanded the arms during the episode.
+    assert float(re.search(r"supervisor published \S+ commands per arm, at ([\d.]+) Hz",
+                           out).group(1)) > 50, out
+    for name in ("head_strip.png", "joint_paths.png"):
+        picture = logs / "episodes" / name
+        assert f": {picture}" in out
+        assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not _wait_until_gone(tag)
