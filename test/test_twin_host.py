@@ -32,6 +32,7 @@ from trajectory_msgs.msg import JointTrajectory
 
 from ate_core.config import replace_in
 from ate_core.runtime.chunk import make_chunk
+from ate_core.runtime.supervisor import Mode
 from ate_ros.chunk_msgs import chunk_to_trajectory
 from ate_ros.images import image_to_rgb
 from ate_ros.nodes.arm_node import ArmNode
@@ -450,6 +451,10 @@ def test_a_reset_puts_the_next_seeds_scene_and_the_arms_at_home_and_they_stay_th
             time.sleep(0.1)
         assert np.abs(stack.state() - goal).max() <= 0.01
         assert ros.call(SetBool, "/ate/engage", SetBool.Request(data=False)).success
+        # As the main job does: reset only once the supervisor has brought the arms to rest and
+        # commands nothing (disengaging still commands; under load that takes a while).
+        ros.wait_for(lambda: stack.supervisor.supervisor.mode is Mode.IDLE, 10.0,
+                     "the supervisor idle after disengaging")
         with host.edit() as scene:
             pushed = scene.object_pose("cube")
             pushed[:2, 3] += (0.05, 0.05)
@@ -464,8 +469,11 @@ def test_a_reset_puts_the_next_seeds_scene_and_the_arms_at_home_and_they_stay_th
             home = _home(fresh, stack)
             # The controllers hold the arms where the reset put them: every /joint_states
             # for a second after the first one at home is at home too.
-            ros.wait_for(lambda: np.abs(stack.state() - home).max() < 2e-3, 5.0,
-                         "/joint_states at home")
+            try:
+                ros.wait_for(lambda: np.abs(stack.state() - home).max() < 2e-3, 5.0,
+                             "/joint_states at home")
+            except AssertionError:
+                raise AssertionError(f"off home by {np.round(stack.state() - home, 4)}")
             stack.joint_states.clear()
             time.sleep(1.0)
             held = [dict(zip(m.name, m.position)) for m in stack.joint_states.messages]
