@@ -455,6 +455,16 @@ def test_a_reset_puts_the_next_seeds_scene_and_the_arms_at_home_and_they_stay_th
         # commands nothing (disengaging still commands; under load that takes a while).
         ros.wait_for(lambda: stack.supervisor.supervisor.mode is Mode.IDLE, 10.0,
                      "the supervisor idle after disengaging")
+        # ... and the last commands through the arm drivers have reached the controllers (on a
+        # busy machine one arriving after the reset pulled an arm back to where it was).
+        settled = stack.state()
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            now = stack.state()
+            if np.abs(now - settled).max() < 1e-4:
+                break
+            settled = now
         with host.edit() as scene:
             pushed = scene.object_pose("cube")
             pushed[:2, 3] += (0.05, 0.05)
