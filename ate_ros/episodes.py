@@ -27,7 +27,6 @@ At the end it writes ``head_strip.png`` (one row per episode) and ``joint_paths.
 
 from __future__ import annotations
 
-import math
 import re
 import sys
 import threading
@@ -44,6 +43,7 @@ from sensor_msgs.msg import Image, JointState
 from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory
 
+from ate_core.eval.report import wilson_interval
 from ate_core.robot.config import BimanualConfig
 from ate_core.robot.from_config import layout_from_config
 from ate_core.runtime.safety import SafetyFilter
@@ -110,15 +110,9 @@ class EpisodeRun:
     def successes(self) -> int:
         return sum(r.success for r in self.results)
 
-    def wilson_interval(self, z: float = 1.96) -> Tuple[float, float]:
+    def wilson_interval(self) -> Tuple[float, float]:
         """95 % Wilson score interval of the success rate."""
-        n = len(self.results)
-        if n == 0:
-            return 0.0, 1.0
-        p = self.successes / n
-        centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-        half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-        return max(0.0, centre - half), min(1.0, centre + half)
+        return wilson_interval(self.successes, len(self.results))
 
     def lines(self) -> List[str]:
         out = [f"  episodes of {self.task} ({self.instruction!r}):"]
