@@ -285,8 +285,8 @@ class StackWatch:
         t = cfg.topics
         self.arm_states = {side: f"/{side}_arm/{t.arm_joint_states}" for side, _ in cfg.arms.items()}
         self.arm_commands = {side: f"/{side}_arm/{t.arm_command}" for side, _ in cfg.arms.items()}
-        # The arms' own streams (joint states at 200 Hz, commands at 100 Hz each) are counted by
-        # the arm drivers (``states_received``, ``commands_sent`` on /diagnostics): taking 600
+        # The arms' own streams (joint states at 100 Hz, commands at 100 Hz each) are counted by
+        # the arm drivers (``states_received``, ``commands_sent`` on /diagnostics): taking 400
         # messages a second here as well would cost the policy a fifth of a core.
         topics: Dict[str, type] = {t.joint_states: JointState}
         topics.update({f"{t.cameras}/{name}/camera_info": CameraInfo for name in cfg.cameras})

@@ -21,7 +21,9 @@ def _node_main(module: str, function: str = "main") -> Callable[[], None]:
     def entry() -> None:
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, lambda *_: os._exit(0))
-        getattr(importlib.import_module(module), function)(sys.argv)
+        # A main that returns its exit status (ate_twin: 2 for a bad config, 3 for cameras that
+        # cannot be drawn) exits with it; one that returns None exits 0.
+        sys.exit(getattr(importlib.import_module(module), function)(sys.argv))
 
     entry.__name__ = f"{module.rsplit('.', 1)[-1]}_{function}"
     return entry

@@ -139,7 +139,7 @@ def _check_report(out: str) -> None:
     for side in ("left", "right"):
         line = next(l for l in out.splitlines() if l.strip().startswith(f"controller {side}"))
         assert re.search(r"RM75-B emulated at 127\.0\.\d+\.\d+:\d+", line), line
-        assert int(re.search(r"(\d+) packets sent", line).group(1)) > 100  # 200 Hz push
+        assert int(re.search(r"(\d+) packets sent", line).group(1)) > 100  # 100 Hz push
         # Reconnects and stale periods while up, and those of start-up if there were any (a
         # loaded machine can delay a push past the 50 ms timeout: stale for a moment).
         arm = next(l for l in out.splitlines() if l.strip().startswith(f"arm driver {side}"))
@@ -147,7 +147,7 @@ def _check_report(out: str) -> None:
                         rf"periods?(?: \(\+[^)]*while starting\))?, state push [\d.]+ Hz, no "
                         rf"commands \(pid \d+\)", arm), arm
         rate = float(re.search(rf"/{side}_arm/joint_states\s+([\d.]+) Hz", out).group(1))
-        assert rate > 50, out  # 200 Hz push; the invariant is that states flow
+        assert rate > 50, out  # 100 Hz push; the invariant is that states flow
     nodes = re.search(r"nodes: (.*)", out).group(1).split(", ")
     assert nodes == ["/left_arm/arm_driver", "/right_arm/arm_driver", "/joint_state_aggregator",
                      "/head_camera", "/left_wrist_camera", "/right_wrist_camera", "/supervisor"]

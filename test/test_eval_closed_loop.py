@@ -75,6 +75,7 @@ class ExpertReplay:
 
     joint_names = default_joint_names("rm75_bimanual")
     n_obs_steps = 1
+    n_action_steps = 8
     action_period_ns = 100_000_000
     horizon = 16
 
@@ -117,7 +118,8 @@ def test_the_experts_commands_replayed_as_chunks_lift_the_box(cfg, seed):
     # The expert lifts within 8.5 s; the first chunk arrives 100 ms in, and the engage ramp
     # (1 s, smoothstep) trails the plan while it lasts.
     assert result.time_to_success_s is not None and result.time_to_success_s < 8.5
-    assert result.chunks >= 50
+    # A chunk every n_action_steps points (0.8 s), as the policy's own replanning says.
+    assert result.chunks >= int(result.time_to_success_s / 0.8)
     # Only the engage ramp asks more than the caps allow, and only briefly.
     assert set(r.split("/")[0] for r in result.interventions) <= {"acceleration"}
     assert result.total_interventions < 20
@@ -134,8 +136,9 @@ def test_a_tiny_trained_policy_runs_an_episode_and_reports_it(cfg, lift_checkpoi
     assert episode.seed == 1000 and not episode.success and episode.time_to_success_s is None
     assert episode.duration_s == pytest.approx(SHORT_S)
     assert "the box is not held" in episode.reason
-    # 100 ms per chunk from the first attempt at t = 0: the last one lands at 1.0 s.
-    assert episode.chunks == 10
+    # An attempt every n_action_steps (4) points of 100 ms from t = 0, each delivered 100 ms
+    # later: at 0.1, 0.5 and 0.9 s.
+    assert episode.chunks == 3
     assert 0 < episode.inference_ms < 5000 and episode.wall_s > 0
     assert report.success_rate == 0.0 and report.interval == wilson_interval(0, 1)
     assert report.interval[0] == 0.0 and 0.7 < report.interval[1] < 0.8

@@ -39,10 +39,11 @@ class StandInPolicy:
     ``failures`` holds, one per call, first."""
 
     def __init__(self, cameras: Sequence[str] = ("head",), joint_names: Sequence[str] = JOINTS,
-                 n_obs_steps: int = 2, action_period_ns: int = 50 * MS) -> None:
+                 n_obs_steps: int = 2, action_period_ns: int = 50 * MS, n_action_steps: int = 1) -> None:
         self.cameras = tuple(cameras)
         self.joint_names = tuple(joint_names)
         self.n_obs_steps = n_obs_steps
+        self.n_action_steps = n_action_steps
         self.action_period_ns = action_period_ns
         self.failures: List[Exception] = []
         self.warmup_failure: Optional[Exception] = None
@@ -117,6 +118,12 @@ def test_only_the_cameras_and_arms_the_policy_reads_are_sources() -> None:
     loop = InferenceLoop(left_only, robot_config())
     assert loop.cameras == ("left_wrist",) and loop.arms == ("left_arm",)
     assert loop.max_age_s == {"left_wrist": 0.1, "left_arm": 0.05}
+
+
+def test_the_policy_replans_after_its_n_action_steps_unless_the_config_sets_a_period() -> None:
+    policy = StandInPolicy(n_action_steps=8, action_period_ns=100 * MS)
+    assert InferenceLoop(policy, robot_config(**{"inference.period_s": 0.0})).period_s == pytest.approx(0.8)
+    assert InferenceLoop(policy, robot_config(**{"inference.period_s": 0.25})).period_s == 0.25
 
 
 # ---- history sizing ------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Dict, Iterator, List, Tuple
 
 import numpy as np
@@ -259,11 +260,14 @@ def test_the_host_process_renders_for_the_camera_node_reports_on_diagnostics_and
     assert not os.path.exists(f"/dev/shm/ate_twin_scene_{proc.pid}_0")
 
 
-def test_a_twin_host_without_opengl_exits_with_the_reason(tmp_path, repo):
+@pytest.mark.parametrize("command", [[sys.executable, "-m", "ate_ros.sim.twin_host"],
+                                     [str(Path(sys.executable).parent / "ate_twin")]],
+                         ids=["module", "console_script"])
+def test_a_twin_host_without_opengl_exits_with_the_reason(tmp_path, repo, command):
+    # The console script (what launch and ate_bringup start) exits with main's status too.
     env = dict(os.environ, MUJOCO_GL="disable")
-    out = subprocess.run([sys.executable, "-m", "ate_ros.sim.twin_host", "--config",
-                          str(repo / CONFIG)], cwd=repo, env=env, capture_output=True,
-                         text=True, timeout=60)
+    out = subprocess.run([*command, "--config", str(repo / CONFIG)], cwd=repo, env=env,
+                         capture_output=True, text=True, timeout=60)
     assert out.returncode == 3, out
     assert "ate_twin: cameras: MUJOCO_GL=disable disables rendering" in out.stderr
     assert "--no-cameras" in out.stderr and "Traceback" not in out.stderr

@@ -12,7 +12,7 @@ The time model. An episode starts at the task's reset, at t = 0, and everything 
 integer nanoseconds on that clock:
 
 - *Sensors.* Each arm's joint state is read from the physics at the arm's push rate
-  (``push_cycle`` x 5 ms: 200 Hz) and each camera the policy uses is rendered at the twin's
+  (``push_cycle`` x 5 ms: 100 Hz by default) and each camera the policy uses is rendered at the twin's
   camera rate and size (``sim.camera_fps``, ``sim.camera_width`` x ``sim.camera_height``, the
   frames the stack's camera nodes publish on the twin). A sample is stamped with its time and
   reaches both the inference loop and the supervisor's watchdogs at that time: transport takes
@@ -28,8 +28,8 @@ integer nanoseconds on that clock:
   two CPU cores (``bench/policy_latency.py``), so set the deployment's measured p50 to judge a
   policy as it will run there. A chunk with no latency at all arrives at the next event (at
   most one joint-state period later). The next
-  attempt starts once the chunk is delivered (and ``inference.period_s`` after the previous
-  start), as the node's worker does; a blocked attempt retries after
+  attempt starts once the chunk is delivered (and the loop's period after the previous start:
+  ``inference.period_s``, by default the policy's ``n_action_steps`` points), as the node's worker does; a blocked attempt retries after
   :data:`~ate_core.runtime.inference_loop.RETRY_S`, a failed one after
   :data:`~ate_core.runtime.inference_loop.ERROR_BACKOFF_S`.
 - *Control.* The supervisor ticks at ``supervisor.rate_hz`` (100 Hz). It is engaged when the
@@ -203,7 +203,7 @@ def run_episode(policy: ChunkPolicy, task: Task, seed: int, *, twin: Twin, cfg: 
         size = {cam: (cfg.cameras[cam].width, cfg.cameras[cam].height) for cam in loop.cameras}
         tick = _Periodic("supervisor", 1e9 / cfg.supervisor.rate_hz)
         strip_stream = _Periodic("strip", strip.period_s * 1e9) if strip is not None else None
-        period_ns = int(round(cfg.inference.period_s * 1e9))
+        period_ns = int(round(loop.period_s * 1e9))
 
         now = 0
         next_attempt = 0

@@ -229,7 +229,8 @@ class InferenceConfig:
     task: str = checked("", doc="the instruction given to the policy")
     num_steps: int = checked(0, check=in_range(0, 1000), doc="denoising steps (0: the policy's)")
     period_s: float = checked(0.0, check=in_range(0.0, 10.0),
-                              doc="least time between inferences, s (0: back to back)")
+                              doc="least time between inferences, s (0: the policy's n_action_steps "
+                                  "chunk points, as it was trained to run them)")
     action_period_s: float = checked(0.0, check=in_range(0.0, 1.0),
                                      doc="time between chunk points, s (0: the checkpoint's fps)")
     torch_threads: int = checked(2, check=in_range(1, 256), doc="torch intra-op threads")

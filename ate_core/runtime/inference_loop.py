@@ -66,6 +66,8 @@ class ChunkPolicy(Protocol):
     cameras: Tuple[str, ...]
     joint_names: Tuple[str, ...]
     n_obs_steps: int
+    #: Chunk points meant to run before the next chunk (the policy's own replanning period).
+    n_action_steps: int
     action_period_ns: int
 
     def infer(self, images: Mapping[str, np.ndarray], state: np.ndarray, stamp_ns: int,
@@ -171,7 +173,11 @@ class InferenceLoop:
         self.arms: Tuple[str, ...] = tuple(sorted({s for s, _ in self._joint_sources}))
         icfg = cfg.inference
         self.task = icfg.task
-        self.period_s = icfg.period_s
+        #: Least time between attempts: ``inference.period_s``, or where that is 0 the policy's
+        #: own ``n_action_steps`` points (Diffusion Policy and LeRobot plan, run that many actions,
+        #: then plan again; back-to-back chunks from a fresh noise draw each keep switching
+        #: between the modes of a multimodal policy and the arm dithers instead of acting).
+        self.period_s = icfg.period_s or policy.n_action_steps * policy.action_period_ns * 1e-9
         self.warmup_runs = icfg.warmup_runs
         self._decode_image = decode_image
         self._joint_positions = joint_positions

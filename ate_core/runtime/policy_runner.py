@@ -80,6 +80,7 @@ class PolicyRunner:
         self.image_size: Tuple[int, int] = tuple(loaded.image_size)  # type: ignore[assignment]
         self.n_obs_steps: int = int(loaded.config.n_obs_steps)
         self.horizon: int = int(loaded.config.horizon)
+        self.n_action_steps: int = int(loaded.config.n_action_steps)
         self.action_period_ns = int(action_period_ns)
         self.device = device
         self.dtype = dtype
@@ -122,7 +123,8 @@ class PolicyRunner:
                 "device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""),
                 "guidance": "on" if self.step_hook is not None else "off",
                 "cameras": ",".join(self.cameras), "n_obs_steps": str(self.n_obs_steps),
-                "horizon": str(self.horizon), "action_period_ms": f"{self.action_period_ns / 1e6:g}"}
+                "horizon": str(self.horizon), "n_action_steps": str(self.n_action_steps),
+                "action_period_ms": f"{self.action_period_ns / 1e6:g}"}
 
     def warmup(self, runs: int) -> None:
         """Run ``runs`` inferences on a synthetic observation (mid-range state, black frames),

@@ -252,7 +252,7 @@ class _Sdk:
             self._handlers.pop(arm_ip, None)
 
     def _on_push(self, state) -> None:
-        # Runs on the SDK's UDP thread at the push rate (200 Hz per arm): convert and hand over.
+        # Runs on the SDK's UDP thread at the push rate (100 Hz per arm by default): convert and hand over.
         entry = self._handlers.get(state.arm_ip.decode(errors="replace"))
         if entry is None:
             return

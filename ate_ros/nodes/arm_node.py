@@ -5,7 +5,7 @@ Services (std_srvs/Trigger): ``stop`` (immediate), ``slow_stop`` (decelerate), `
 ``gripper_close``.
 
 Runs in the arm's namespace (``/left_arm``, ``/right_arm``). Joint states are published from
-the controller's realtime push as it arrives (200 Hz), joints in rad plus the gripper opening
+the controller's realtime push as it arrives (100 Hz by default), joints in rad plus the gripper opening
 in metres, and only while the link is ready (so their silence means "not commandable": the
 state is stale or the controller lost). Every command goes through
 ``ate_core.runtime.arm_command.CommandChecker``; a rejected command is counted by rule, logged

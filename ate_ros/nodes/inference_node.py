@@ -3,7 +3,7 @@
 Every decision is :class:`ate_core.runtime.inference_loop.InferenceLoop`'s (fit checks, history
 sizing, as-of inputs, stale blocking, warm-up and back-off); this node converts and publishes.
 Subscriptions only store messages (under a lock, into the loop's observation synchroniser): no
-decoding and no model work on the executor, whose single thread also carries the 200 Hz joint
+decoding and no model work on the executor, whose single thread also carries the arms' joint
 states. One worker thread, ``inference-worker``, owns the model: it warms it up, then loops:
 take the time, align the newest observation window as of that time, and either wait (a source
 is stale: which one and how old goes to /diagnostics) or decode, run the policy and publish the

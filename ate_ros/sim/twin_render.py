@@ -96,8 +96,10 @@ class CameraStats:
 class RenderSettings:
     """How the render process shares the machine with the physics."""
 
-    #: Added to the process's nice value: the physics clock preempts it when both want a core.
-    nice: int = 10
+    #: Added to the process's nice value: the physics clock preempts it when both want a core,
+    #: and the policy's worker (``inference.nice``, 10) gets the CPU before it: a frame drawn
+    #: late is dropped, a chunk computed late moves the arms late.
+    nice: int = 19
     #: Mesa llvmpipe's rasterizer threads (``LP_NUM_THREADS``; 0: rasterize in the drawing
     #: thread); None leaves Mesa's default, one per core, all of them busy while a frame draws.
     gl_threads: Optional[int] = 0
