@@ -38,7 +38,7 @@ from sensor_msgs.msg import JointState
 from ate_core.robot.config import BimanualConfig, load_config
 from ate_ros.graph import sim_controllers
 from common import (CpuMeter, Processes, fmt, free_port, gaps, header, print_header, summary_ms,
-                    write_json)
+                    run_main, write_json)
 
 SIDES = ("left", "right")
 RATE_HZ = 100.0
@@ -246,7 +246,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        sys.exit("arm_io: interrupted; every process it started has stopped")
+    run_main(main, "arm_io: interrupted; every process it started has stopped")

@@ -20,7 +20,7 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Callable, Dict, Iterable, List, Mapping, NoReturn, Optional, Sequence
 
 from ate_ros.sim.ports import free_push_port
 
@@ -122,6 +122,15 @@ class CpuMeter:
         out = {name: 100.0 * (c1[name] - self._c0[name]) / wall for name in self.pids}
         out["machine"] = 100.0 * (c1["_busy"] - self._c0["_busy"]) / (c1["_total"] - self._c0["_total"])
         return out
+
+
+def run_main(main: Callable[[], int], interrupted: str) -> NoReturn:
+    """A bench script's ``__main__``: exit with ``main()``'s status, or with the message
+    ``interrupted`` (status 1) on Ctrl-C."""
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        sys.exit(interrupted)
 
 
 def write_json(path: str, head: Mapping[str, str], results: Mapping[str, object]) -> None:

@@ -76,7 +76,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import yaml  # noqa: E402
 
 from common import (CpuMeter, Processes, fmt, free_port, header, percentile, print_header,  # noqa: E402
-                    summary_ms, write_json)
+                    run_main, summary_ms, write_json)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIDES = ("left", "right")
@@ -754,7 +754,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        sys.exit("control_loop: interrupted; every process it started has stopped")
+    run_main(main, "control_loop: interrupted; every process it started has stopped")

@@ -31,7 +31,7 @@ from ate_core.twin.model import TwinRobot
 from ate_core.twin.twin import Twin
 from ate_ros.sim.twin_host import TwinHost
 from ate_ros.sim.twin_render import RenderSettings
-from common import CpuMeter, free_port, header, print_header, write_json
+from common import CpuMeter, free_port, header, print_header, run_main, write_json
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: Not measured: the render process loads, makes its GL contexts and draws its first frames.
@@ -148,7 +148,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        sys.exit("twin_host: interrupted")
+    run_main(main, "twin_host: interrupted")
