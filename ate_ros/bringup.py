@@ -44,7 +44,6 @@ arm's TCP from the measured joints, and the processes' exit codes.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import dataclasses
 import datetime
 import os
@@ -73,7 +72,7 @@ from ate_ros.graph import (EmulatorSpec, NodeSpec, controllers_of, in_process, r
 from ate_ros.node_host import NodeHost
 from ate_ros.realtime import raise_process_to_fifo
 from ate_ros.resources import default_config_path, share_dir
-from ate_ros.signals import setting
+from ate_ros.signals import die_with_parent, setting
 from ate_ros.sim.bimanual import EmulatedController, EmulatorUnreachable
 
 if TYPE_CHECKING:  # the twin (MuJoCo) loads only for a run that uses it
@@ -93,23 +92,14 @@ ENGAGE_TIMEOUT_S = 120.0
 
 # ---- processes ----------------------------------------------------------------------------------
 
-_PR_SET_PDEATHSIG = 1
-# Resolved once here: the child must not load anything between fork and exec.
-_prctl = ctypes.CDLL(None, use_errno=True).prctl
-
-
 #: SCHED_FIFO priority of this process once its children run (see ``main``).
 MONITOR_PRIORITY = 1
 
 
 def _die_with_parent(parent_pid: int) -> Callable[[], None]:
-    def preexec() -> None:
-        # Linux sends the signal when the thread that forked ends, so ProcessGroup.start must be
-        # called from a thread that lives as long as the group (the main thread).
-        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != parent_pid:  # the parent died before prctl took effect
-            os.kill(os.getpid(), signal.SIGTERM)
-    return preexec
+    # ProcessGroup.start must be called from a thread that lives as long as the group (the
+    # main thread): see die_with_parent.
+    return lambda: die_with_parent(parent_pid)
 
 
 def exit_description(code: Optional[int]) -> str:

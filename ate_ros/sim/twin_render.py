@@ -38,7 +38,6 @@ The renderer ends on SIGTERM and ignores SIGINT.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import itertools
 import mmap
 import os
@@ -54,6 +53,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ate_ros.signals import die_with_parent
 from ate_ros.sim.frame_shm import FrameWriter
 
 __all__ = ["CameraStats", "RenderSettings", "RendererState", "SceneBlock", "RenderProcess",
@@ -72,9 +72,6 @@ _READ_TRIES = 20
 #: How long the host waits for its renderer to end on SIGTERM before it kills it.
 STOP_TIMEOUT_S = 5.0
 
-_PR_SET_PDEATHSIG = 1
-# Resolved here, not in the child between fork and exec, which must not load anything.
-_prctl = ctypes.CDLL(None, use_errno=True).prctl
 _block_numbers = itertools.count()
 
 
@@ -370,9 +367,7 @@ def _child_setup(parent_pid: int, nice: int):
 
     def preexec() -> None:
         # Linux sends the signal when the thread that forked ends (see the module docstring).
-        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != parent_pid:  # the parent died before prctl took effect
-            os.kill(os.getpid(), signal.SIGTERM)
+        die_with_parent(parent_pid)
         # A SCHED_FIFO host's child would inherit its policy and could starve the physics.
         try:
             os.sched_setscheduler(0, os.SCHED_OTHER, normal)
