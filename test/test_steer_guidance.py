@@ -223,6 +223,31 @@ def test_regression_target_switch_encodes_the_loss_target():
     assert not torch.allclose(clean, official)
 
 
+@pytest.mark.parametrize("kind", ["epsilon", "velocity"])
+def test_batch_reduction_is_the_official_batch_mean(kind):
+    """``y_reduction: batch`` is the official ``y = -F.mse_loss(z_x, z_0)``: written out here as
+    the mean over batch and latent, its gradient is the per-sample one over B, before the clamp."""
+    vae = small_vae(8)
+    terms = _terms(kind)
+    m = mask(4)
+    noise = torch.randn(4, 1, 16, generator=torch.Generator().manual_seed(3))
+    wide = 1e6  # no clamp: the reduction alone
+    per_sample = LatentGuidance(vae, GuidanceConfig(clamp=wide)).guidance_term(terms, m, noise=noise)
+    batch = LatentGuidance(vae, GuidanceConfig(clamp=wide, y_reduction="batch")).guidance_term(
+        terms, m, noise=noise)
+    with torch.no_grad():
+        target = vae.encode(terms.clean, m).sample(noise)
+    x = terms.x_t.detach().clone().requires_grad_(True)
+    y = -torch.nn.functional.mse_loss(vae.encode(x, m).sample(noise), target)
+    (official,) = torch.autograd.grad(y, x)
+    coef = guidance_coefficient(kind, terms.t, terms.alpha_bar)[:, None, None]
+    torch.testing.assert_close(batch, coef * official * m.float()[:, None, :], rtol=1e-5, atol=1e-9)
+    torch.testing.assert_close(batch * 4, per_sample, rtol=1e-5, atol=1e-9)
+    # at the default clamp the per-sample form saturates more often than the official one
+    clamped = GuidanceConfig().clamp
+    assert int((per_sample.abs() >= clamped).sum()) >= int((batch.abs() >= clamped).sum())
+
+
 class _Stats:
     def __init__(self, mean: torch.Tensor, bank: torch.Tensor) -> None:
         self.mean = mean

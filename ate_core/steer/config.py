@@ -6,12 +6,15 @@ from dataclasses import dataclass, field
 
 from ate_core.config import checked, in_range, one_of
 
-__all__ = ["GuidanceConfig", "InferenceGuidanceConfig", "LATENT_TARGETS", "INFERENCE_TARGETS"]
+__all__ = ["GuidanceConfig", "InferenceGuidanceConfig", "LATENT_TARGETS", "INFERENCE_TARGETS", "Y_REDUCTIONS"]
 
 #: What the guidance pulls a noisy chunk's latent toward during fine-tuning.
 LATENT_TARGETS = ("clean", "regression_target")
 #: Where inference-time guidance pulls (no demonstration exists at run time).
 INFERENCE_TARGETS = ("mean", "nearest")
+#: Over what ``y`` is averaged: each sample (the guidance of a sample does not depend on the batch
+#: it is in) or the whole batch (the official code's ``-F.mse_loss``: 1/B of the former).
+Y_REDUCTIONS = ("sample", "batch")
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,10 @@ class GuidanceConfig:
     encodes the demonstrated chunk ``a0`` (the paper's intent, default); ``regression_target``
     encodes the loss's own target, which for epsilon prediction is the noise (what the official
     Diffusion Policy code does; kept to reproduce it; meaningless for flow velocities).
+    ``y_reduction``: ``sample`` averages the latent log-likelihood ``y`` over each sample's
+    latent (default); ``batch`` over the whole batch as the official code does, which divides
+    every sample's gradient by the batch size B before the clamp (the official strength: at
+    B = 128 and the same ``scale``/``clamp`` a far weaker, rarely clamped guidance).
     ``vae``: the adaptation (stage ``ada``) VAE checkpoint.
     """
 
@@ -48,4 +55,5 @@ class GuidanceConfig:
     scale: float = checked(3.0, check=in_range(0.0, 1000.0))
     clamp: float = checked(0.1, check=in_range(0.0, 1000.0))
     latent_target: str = checked("clean", check=one_of(*LATENT_TARGETS))
+    y_reduction: str = checked("sample", check=one_of(*Y_REDUCTIONS))
     inference: InferenceGuidanceConfig = field(default_factory=InferenceGuidanceConfig)

@@ -28,9 +28,11 @@ as classifier guidance does (Dhariwal & Nichol 2021):
   sample along ``+grad``, toward the target latent.
 
 These signs and scales are those of the official code (Diffusion Policy: epsilon; RDT:
-sample). One deliberate difference: ``y`` is a per-sample mean (the official code takes the mean
-over the whole batch, which divides every sample's gradient by the batch size and so makes the
-guidance depend on it).
+sample). One deliberate difference: ``y`` is a per-sample mean by default; the official code
+takes the mean over the whole batch (``-F.mse_loss(z_x, z_0)``), which divides every sample's
+gradient by the batch size B and so makes the guidance depend on it. ``y_reduction: batch``
+(:class:`~ate_core.steer.config.GuidanceConfig`) is the official form: the same gradient over B,
+before the clamp.
 
 Because ``g`` does not depend on the policy's parameters, the loss trains the network's output
 toward ``target - lambda g``: the *guided* output matches the data. Inference-time guidance
@@ -195,6 +197,8 @@ class LatentGuidance:
                                 device=target_posterior.mean.device, dtype=dtype)
         target_latent = target_posterior.sample(noise)
         grad = latent_gradient(self.vae, x_t, target_latent, action_mask, noise)
+        if cfg.y_reduction == "batch":
+            grad = grad / grad.shape[0]
         coef = guidance_coefficient(terms.kind, terms.t, terms.alpha_bar).to(grad.dtype)
         g = (coef[:, None, None] * grad).clamp(-cfg.clamp, cfg.clamp)
         return g.to(terms.prediction.dtype)
