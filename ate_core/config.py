@@ -16,6 +16,7 @@ import dataclasses
 import ipaddress
 import math
 import os
+import collections.abc
 import typing
 from dataclasses import field
 from typing import (Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple, Type, TypeVar,
@@ -150,6 +151,8 @@ def _build(tp: Any, value: Any, source: str, path: str) -> Any:
     args = typing.get_args(tp)
     if dataclasses.is_dataclass(tp):
         return _build_dataclass(tp, value, source, path)
+    if tp is Any:  # free-form plain data, checked by whoever reads it
+        return value
     if origin is Union:
         if value is None and type(None) in args:
             return None
@@ -163,7 +166,7 @@ def _build(tp: Any, value: Any, source: str, path: str) -> Any:
         if len(value) != len(args):
             raise ConfigError(source, path, f"expected {len(args)} values, got {len(value)}")
         return tuple(_build(a, v, source, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
-    if origin in (dict, Dict, Mapping):
+    if origin in (dict, Dict, Mapping, collections.abc.Mapping):
         if not isinstance(value, dict):
             raise ConfigError(source, path, f"expected a mapping, got {_describe(value)}")
         return {str(k): _build(args[1], v, source, _join(path, str(k))) for k, v in value.items()}

@@ -33,6 +33,7 @@ class RawSample:
     ``images``: camera -> uint8 RGB ``[n_obs_steps, H, W, 3]``; ``state``: float32
     ``[n_obs_steps, D]``; ``action``: float32 ``[horizon, D]``; ``action_is_pad``: bool
     ``[horizon]``, True for steps past the episode's end (their action repeats the last one).
+    ``env_state``: float32 ``[n_obs_steps, E]`` of a data set with ``env_state_names``, else None.
     """
 
     images: Dict[str, np.ndarray]
@@ -41,6 +42,7 @@ class RawSample:
     action_is_pad: np.ndarray
     task: str
     embodiment: str
+    env_state: Optional[np.ndarray] = None
 
 
 def observation_steps(t: int, n_obs_steps: int) -> np.ndarray:
@@ -138,12 +140,21 @@ class EpisodeDataset(torch.utils.data.Dataset):
             action_is_pad=is_pad,
             task=reader.task,
             embodiment=self.info.embodiment,
+            env_state=None if reader.env_state is None else reader.env_state[obs].copy(),
         )
 
     def states(self) -> np.ndarray:
         """float32 [N, D]: the state of every step of every selected episode."""
         return np.concatenate([r.state for r in self._readers]) if self._readers \
             else np.zeros((0, self.info.dim), dtype=np.float32)
+
+    def env_states(self) -> Optional[np.ndarray]:
+        """float32 [N, E]: the env_state of every step of every selected episode; None in a
+        data set without ``env_state_names``."""
+        if not self.info.env_dim:
+            return None
+        return np.concatenate([r.env_state for r in self._readers]) if self._readers \
+            else np.zeros((0, self.info.env_dim), dtype=np.float32)
 
     def actions(self) -> np.ndarray:
         """float32 [N, D]: the action of every step of every selected episode."""

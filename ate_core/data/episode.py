@@ -8,6 +8,9 @@ Layout of a data set (``ate_episodes`` version 1)::
         state        float32 [T, D]   measured joints at step t (rad; grippers: opening in m)
         action       float32 [T, D]   joint targets commanded at step t, same layout
         timestamp_s  float64 [T]      strictly increasing
+        env_state    float32 [T, E]   only in a data set with env_state_names: the scene's
+                                      low-dimensional state at step t (object poses, targets),
+                                      LeRobot's ``observation.environment_state``
     <root>/episodes/episode_000000/<camera>.safetensors
         jpeg         uint8 [nbytes]   the T frames' JPEG files, concatenated
         offsets      int64 [T + 1]    frame t is jpeg[offsets[t]:offsets[t + 1]]
@@ -114,12 +117,15 @@ class DatasetInfo:
     ``cameras`` maps a camera name to its frame size ``(height, width)``, in a fixed order
     (the order written to info.json). ``joint_names`` names the D columns of state and action;
     D must be the embodiment's native dimension in the default unified action space.
+    ``env_state_names`` names the E columns of each episode's ``env_state`` (empty: the data
+    set has none; info.json may leave the key out).
     """
 
     embodiment: str
     fps: float
     joint_names: Tuple[str, ...]
     cameras: Mapping[str, Tuple[int, int]] = field(default_factory=dict)
+    env_state_names: Tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         src = "DatasetInfo"
@@ -167,18 +173,33 @@ class DatasetInfo:
                                               f"[height, width], got {size!r}")
             cameras[name] = (int(h), int(w))
         object.__setattr__(self, "cameras", cameras)
+        if isinstance(self.env_state_names, str):
+            raise EpisodeFormatError(src, "env_state_names: expected a list of names, got a string")
+        env = tuple(self.env_state_names)
+        if not all(isinstance(n, str) and n for n in env) or len(set(env)) != len(env):
+            raise EpisodeFormatError(src, f"env_state_names: expected distinct non-empty strings, "
+                                          f"got {list(env)!r}")
+        object.__setattr__(self, "env_state_names", env)
 
     def __hash__(self) -> int:  # the camera dict is not hashable; its contents are
-        return hash((self.embodiment, self.fps, self.joint_names, tuple(self.cameras.items())))
+        return hash((self.embodiment, self.fps, self.joint_names, tuple(self.cameras.items()),
+                     self.env_state_names))
 
     @property
     def dim(self) -> int:
         return len(self.joint_names)
 
+    @property
+    def env_dim(self) -> int:
+        return len(self.env_state_names)
+
     def to_json(self) -> Dict[str, Any]:
-        return {"format": FORMAT, "version": VERSION, "embodiment": self.embodiment,
-                "fps": self.fps, "joint_names": list(self.joint_names),
-                "cameras": {k: list(v) for k, v in self.cameras.items()}}
+        out = {"format": FORMAT, "version": VERSION, "embodiment": self.embodiment,
+               "fps": self.fps, "joint_names": list(self.joint_names),
+               "cameras": {k: list(v) for k, v in self.cameras.items()}}
+        if self.env_state_names:
+            out["env_state_names"] = list(self.env_state_names)
+        return out
 
     @classmethod
     def from_json(cls, d: Any, source: Union[str, Path] = "info.json") -> "DatasetInfo":
@@ -194,7 +215,7 @@ class DatasetInfo:
             raise EpisodeFormatError(source, f"missing keys {missing}")
         try:
             return cls(embodiment=d["embodiment"], fps=d["fps"], joint_names=d["joint_names"],
-                       cameras=d["cameras"])
+                       cameras=d["cameras"], env_state_names=d.get("env_state_names", ()))
         except EpisodeFormatError as e:
             raise EpisodeFormatError(source, e.message) from None
 
@@ -288,6 +309,7 @@ class Episode:
     timestamp_s: np.ndarray
     frames: Mapping[str, np.ndarray] = field(default_factory=dict)
     extra: Mapping[str, Any] = field(default_factory=dict)
+    env_state: Optional[np.ndarray] = None
 
     def __post_init__(self) -> None:
         src = "Episode"
@@ -307,6 +329,13 @@ class Episode:
                 raise EpisodeFormatError(src, f"frames[{cam!r}]: {f.shape[0]} frames for "
                                               f"{state.shape[0]} steps")
             frames[cam] = f
+        env = None
+        if self.env_state is not None:
+            env = _as_float(self.env_state, np.float32, f"{src}.env_state")
+            if env.ndim != 2 or env.shape[0] != state.shape[0] or not np.all(np.isfinite(env)):
+                raise EpisodeFormatError(src, f"env_state: expected finite [{state.shape[0]}, E] "
+                                              f"(one row per step), got {list(env.shape)}")
+        object.__setattr__(self, "env_state", env)
         extra = dict(self.extra)
         clash = sorted(set(extra) & {"task", "length"})
         if clash:
@@ -336,6 +365,10 @@ class Episode:
             if got != [h, w]:
                 raise EpisodeFormatError(source, f"frames[{cam!r}]: size {got}, the dataset "
                                                  f"says [{h}, {w}]")
+        env = 0 if self.env_state is None else self.env_state.shape[1]
+        if env != info.env_dim:
+            raise EpisodeFormatError(source, f"env_state: {env} columns, the dataset has "
+                                             f"{info.env_dim} env_state_names")
 
 
 def _as_float(x: Any, dtype: Any, what: str) -> np.ndarray:
@@ -428,8 +461,11 @@ def write_episode(root: PathLike, index: int, episode: Episode,
     os.mkdir(tmp)
     try:
         file_mode = os.stat(tmp).st_mode & 0o666
-        _save_tensors({"state": episode.state, "action": episode.action,
-                       "timestamp_s": episode.timestamp_s}, tmp / DATA_FILE, file_mode)
+        arrays = {"state": episode.state, "action": episode.action,
+                  "timestamp_s": episode.timestamp_s}
+        if episode.env_state is not None:
+            arrays["env_state"] = episode.env_state
+        _save_tensors(arrays, tmp / DATA_FILE, file_mode)
         for cam in info.cameras:
             chunks = [encode_jpeg(f, jpeg_quality) for f in episode.frames[cam]]
             offsets = np.zeros(len(chunks) + 1, dtype=np.int64)
@@ -547,8 +583,10 @@ class EpisodeReader:
         self.extra: Dict[str, Any] = {k: v for k, v in meta.items() if k not in ("task", "length")}
 
         data_path = self.path / DATA_FILE
-        arrays = _load_tensors(data_path, "episode data", {
-            "state": np.float32, "action": np.float32, "timestamp_s": np.float64})
+        expected = {"state": np.float32, "action": np.float32, "timestamp_s": np.float64}
+        if self.info.env_dim:
+            expected["env_state"] = np.float32
+        arrays = _load_tensors(data_path, "episode data", expected)
         state, action, ts = arrays["state"], arrays["action"], arrays["timestamp_s"]
         _check_arrays(state, action, ts, data_path)
         if state.shape[0] != length:
@@ -557,8 +595,14 @@ class EpisodeReader:
         if state.shape[1] != self.info.dim:
             raise EpisodeFormatError(data_path, f"state: {state.shape[1]} dims, but the dataset "
                                                 f"has {self.info.dim} joint_names")
-        for arr in (state, action, ts):
+        env = arrays.get("env_state")
+        if env is not None and (env.shape != (length, self.info.env_dim) or not np.all(np.isfinite(env))):
+            raise EpisodeFormatError(data_path, f"env_state: expected finite [{length}, "
+                                                f"{self.info.env_dim}], got {list(env.shape)}")
+        for arr in (state, action, ts) + (() if env is None else (env,)):
             arr.setflags(write=False)
+        #: float32 [T, E], None in a data set without env_state_names.
+        self.env_state: Optional[np.ndarray] = env
         self.state: np.ndarray = state
         self.action: np.ndarray = action
         self.timestamp_s: np.ndarray = ts
@@ -659,7 +703,7 @@ class EpisodeReader:
         return Episode(task=self.task, state=self.state, action=self.action,
                        timestamp_s=self.timestamp_s,
                        frames={cam: self.frames(cam) for cam in self.info.cameras},
-                       extra=self.extra)
+                       extra=self.extra, env_state=self.env_state)
 
     def _check_step(self, t: int) -> int:
         if isinstance(t, bool) or not isinstance(t, (int, np.integer)):

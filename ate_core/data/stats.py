@@ -15,21 +15,25 @@ import numpy as np
 from ate_core.data.episode import EpisodeReader, PathLike, list_episodes, read_info
 from ate_core.data.spaces import NormStats, NormStatsError
 
-__all__ = ["STAT_KEYS", "compute_stats", "stats_to_tensors", "stats_from_tensors"]
+__all__ = ["STAT_KEYS", "ENV_STATE_KEY", "compute_stats", "stats_to_tensors", "stats_from_tensors"]
 
 #: The statistics a policy needs per embodiment.
 STAT_KEYS = ("state", "action")
+#: The statistics of a data set's low-dimensional scene state, where it has one.
+ENV_STATE_KEY = "env_state"
 _FIELDS = ("mean", "std", "min", "max")
 
 
 def compute_stats(source: Union[PathLike, Any]) -> Dict[str, NormStats]:
-    """``{"state": NormStats, "action": NormStats}`` over all steps of a data set.
+    """``{"state": NormStats, "action": NormStats}`` over all steps of a data set, plus
+    ``"env_state"`` for a data set with ``env_state_names``.
 
     ``source`` is a data set directory (every episode on disk) or an
     :class:`~ate_core.data.dataset.EpisodeDataset` (its selected episodes).
     """
     if hasattr(source, "states") and hasattr(source, "actions"):
         states, actions = source.states(), source.actions()
+        env = source.env_states() if hasattr(source, "env_states") else None
     else:
         info = read_info(source)
         readers = [EpisodeReader(source, e, info=info, cameras=()) for e in list_episodes(source)]
@@ -37,9 +41,13 @@ def compute_stats(source: Union[PathLike, Any]) -> Dict[str, NormStats]:
             raise NormStatsError(f"compute_stats: no episodes in {source}")
         states = np.concatenate([r.state for r in readers])
         actions = np.concatenate([r.action for r in readers])
+        env = np.concatenate([r.env_state for r in readers]) if info.env_dim else None
     if len(states) == 0:
         raise NormStatsError(f"compute_stats: no episodes in {source}")
-    return {"state": NormStats.from_data(states), "action": NormStats.from_data(actions)}
+    out = {"state": NormStats.from_data(states), "action": NormStats.from_data(actions)}
+    if env is not None:
+        out[ENV_STATE_KEY] = NormStats.from_data(env)
+    return out
 
 
 def stats_to_tensors(stats_by_embodiment: Mapping[str, Mapping[str, NormStats]],
@@ -61,7 +69,8 @@ def stats_from_tensors(tensors: Mapping[str, Any], *, prefix: str = "",
     """Inverse of :func:`stats_to_tensors`; other entries of ``tensors`` are ignored.
 
     ``embodiments`` defaults to every embodiment found under ``prefix``; each must have all of
-    ``keys`` with all four statistics, else :class:`NormStatsError` names the missing tensor.
+    ``keys`` with all four statistics, else :class:`NormStatsError` names the missing tensor;
+    ``env_state`` statistics come along where they are stored.
     Values may be numpy arrays or torch tensors (``safetensors.torch.load_file``).
     """
     if embodiments is None:
@@ -80,4 +89,7 @@ def stats_from_tensors(tensors: Mapping[str, Any], *, prefix: str = "",
     for embodiment in embodiments:
         out[embodiment] = {key: NormStats.from_dict(tensors, prefix=f"{prefix}{embodiment}/{key}/")
                            for key in keys}
+        env_prefix = f"{prefix}{embodiment}/{ENV_STATE_KEY}/"
+        if ENV_STATE_KEY not in keys and any(name.startswith(env_prefix) for name in tensors):
+            out[embodiment][ENV_STATE_KEY] = NormStats.from_dict(tensors, prefix=env_prefix)
     return out

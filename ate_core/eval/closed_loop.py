@@ -18,7 +18,9 @@ integer nanoseconds on that clock:
   reaches both the inference loop and the supervisor's watchdogs at that time: transport takes
   no time here. The streams start at the reset, so a policy with ``n_obs_steps`` > 1 waits
   (blocked, and counted) until the oldest step of its window has a sample. Only the cameras the
-  policy reads are rendered, and only those are watched by the supervisor.
+  policy reads are rendered, and only those are watched by the supervisor. A policy of
+  low-dimensional observations (``env_state_dim`` > 0) reads the task's scene state
+  (:meth:`~ate_core.twin.tasks.Task.env_state`), sampled with the first arm's joint state.
 - *Inference.* An attempt at t takes the observation window as of t; when it yields a chunk
   (stamped t) the chunk reaches the supervisor at t + latency. The latency is a fixed number
   by default (``latency_ms``, 100 ms), so that an evaluation is a function of the checkpoint and
@@ -74,7 +76,8 @@ from ate_core.robot.config import BimanualConfig, simulated
 from ate_core.robot.from_config import layout_from_config
 from ate_core.robot.models import push_period_s
 from ate_core.runtime.chunk import ActionChunk, ChunkRejected, make_chunk
-from ate_core.runtime.inference_loop import ERROR_BACKOFF_S, ChunkPolicy, InferenceLoop, Phase
+from ate_core.runtime.inference_loop import (ENV_STATE_SOURCE, ERROR_BACKOFF_S, ChunkPolicy,
+                                             InferenceLoop, Phase)
 from ate_core.runtime.policy_runner import PolicyRunner
 from ate_core.runtime.safety import RULES as SAFETY_RULES
 from ate_core.runtime.supervisor import Mode, Supervisor
@@ -126,9 +129,15 @@ def load_policy(cfg: BimanualConfig, source: str = "config") -> PolicyRunner:
     return runner
 
 
-def check_fit(policy: ChunkPolicy, cfg: BimanualConfig, twin: Twin, what: str) -> None:
+def check_fit(policy: ChunkPolicy, cfg: BimanualConfig, twin: Twin, what: str,
+              task: Optional[Task] = None) -> None:
     """The policy's cameras are the twin's and its joints are exactly the robot's: the
-    supervisor executes chunks that command every joint of the layout, by name."""
+    supervisor executes chunks that command every joint of the layout, by name. A policy that
+    reads the scene's state reads exactly ``task``'s."""
+    env_dim = int(getattr(policy, "env_state_dim", 0))
+    if env_dim and task is not None and env_dim != len(task.env_state_names):
+        raise EvalError(f"{what}: the policy reads {env_dim} env_state columns; task {task.name} "
+                        f"has {len(task.env_state_names)} ({', '.join(task.env_state_names)})")
     cameras = [c for c in policy.cameras if c not in twin.camera_names]
     if cameras:
         raise EvalError(f"{what}: the policy needs cameras {cameras}; the twin has "
@@ -199,6 +208,7 @@ def run_episode(policy: ChunkPolicy, task: Task, seed: int, *, twin: Twin, cfg: 
         arms = {side: (*arm.joint_names, arm.gripper_joint) for side, arm in cfg.arms.items()}
         joint_streams = [_Periodic(side, push_period_s(arm.push_cycle) * 1e9)
                          for side, arm in cfg.arms.items()]
+        scene_stream = joint_streams[0].name if loop.env_state_dim else None
         camera_streams = [_Periodic(cam, 1e9 / cfg.cameras[cam].fps) for cam in loop.cameras]
         size = {cam: (cfg.cameras[cam].width, cfg.cameras[cam].height) for cam in loop.cameras}
         tick = _Periodic("supervisor", 1e9 / cfg.supervisor.rate_hz)
@@ -219,6 +229,8 @@ def run_episode(policy: ChunkPolicy, task: Task, seed: int, *, twin: Twin, cfg: 
                     if f"{s.name}_arm" in loop.arms:
                         loop.add(f"{s.name}_arm", now, dict(zip(arms[s.name], q)))
                     supervisor.on_joint_state(s.name, q, now)
+                    if s.name == scene_stream:
+                        loop.add(ENV_STATE_SOURCE, now, task.env_state(twin))
                     s.k += 1
             for s in camera_streams:
                 if s.due_ns <= now:
@@ -339,7 +351,7 @@ def evaluate(checkpoint: Union[PathLike, ChunkPolicy], task: Task, seeds: Sequen
         else:
             policy = load_policy(cfg, config_source)
             name = str(policy.loaded.path)
-        check_fit(policy, cfg, twin, name)
+        check_fit(policy, cfg, twin, name, task)
         try:
             InferenceLoop(policy, cfg)
         except ConfigError as e:

@@ -47,12 +47,15 @@ class Observation:
     ``state``: float ``[B, T_obs, W]`` normalised proprioception in the unified layout (padding 0).
     ``state_mask``: bool ``[B, W]``, the real slots of each sample's embodiment.
     ``task``: the instruction text of each sample (a task id is just a short text).
+    ``env_state``: float ``[B, T_obs, E]`` normalised scene state (object poses), for a policy
+    configured with ``env_state_dim`` > 0; None otherwise.
     """
 
     images: torch.Tensor
     state: torch.Tensor
     state_mask: torch.Tensor
     task: Tuple[str, ...]
+    env_state: Optional[torch.Tensor] = None
 
     @property
     def batch_size(self) -> int:
@@ -61,7 +64,9 @@ class Observation:
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "Observation":
         return replace(self, images=self.images.to(device, non_blocking=non_blocking),
                        state=self.state.to(device, non_blocking=non_blocking),
-                       state_mask=self.state_mask.to(device, non_blocking=non_blocking))
+                       state_mask=self.state_mask.to(device, non_blocking=non_blocking),
+                       env_state=None if self.env_state is None
+                       else self.env_state.to(device, non_blocking=non_blocking))
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterator, Optional, Tuple
 
-from ate_core.config import Problem, checked, nonempty
+from ate_core.config import Problem, checked
 from ate_core.policy.encoder import EncoderConfig, encoder_input_problem
 from ate_core.data.spaces import UNIFIED_ACTION_WIDTH
 
@@ -14,6 +14,10 @@ __all__ = ["ChunkingPolicyConfig"]
 
 def _positive_int(value: int) -> Optional[str]:
     return None if value > 0 else f"{value} must be > 0"
+
+
+def _non_negative_int(value: int) -> Optional[str]:
+    return None if value >= 0 else f"{value} must be >= 0"
 
 
 def _image_size(value: Tuple[int, int]) -> Optional[str]:
@@ -26,6 +30,9 @@ class ChunkingPolicyConfig:
 
     ``horizon`` actions are predicted per chunk from ``n_obs_steps`` observations;
     ``n_action_steps`` of them are meant to be executed before the next chunk is due.
+    ``cameras`` may be empty: a policy of low-dimensional observations (proprioception and
+    ``env_state_dim`` columns of the scene's state, LeRobot's ``observation.environment_state``,
+    which a data set with ``env_state_names`` holds; 0: the policy does not read it).
     """
 
     horizon: int = checked(16, check=_positive_int)
@@ -33,7 +40,8 @@ class ChunkingPolicyConfig:
     n_action_steps: int = checked(8, check=_positive_int)
     action_width: int = checked(UNIFIED_ACTION_WIDTH, check=_positive_int)
     state_width: int = checked(UNIFIED_ACTION_WIDTH, check=_positive_int)
-    cameras: Tuple[str, ...] = checked(("head", "left_wrist", "right_wrist"), check=nonempty)
+    cameras: Tuple[str, ...] = ("head", "left_wrist", "right_wrist")
+    env_state_dim: int = checked(0, check=_non_negative_int)
     image_size: Tuple[int, int] = checked((224, 224), check=_image_size)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
 
@@ -42,6 +50,6 @@ class ChunkingPolicyConfig:
             yield "n_action_steps", f"{self.n_action_steps} exceeds horizon {self.horizon}"
         if len(set(self.cameras)) != len(self.cameras):
             yield "cameras", "camera names repeat"
-        problem = encoder_input_problem(self.encoder, self.image_size)
+        problem = encoder_input_problem(self.encoder, self.image_size) if self.cameras else None
         if problem:
             yield "image_size", problem

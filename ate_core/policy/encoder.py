@@ -305,16 +305,17 @@ def register_text_encoder(name: str, factory: TextEncoderFactory) -> None:
 class ObservationEncoder(nn.Module):
     """Observation -> tokens ``[B, n_tokens, d_model]``.
 
-    Token order: for each observation step, one token per camera then one state token; last,
-    the instruction token (absent with ``text_encoder: none``). Learned embeddings mark the
+    Token order: for each observation step, one token per camera, one state token and (with
+    ``env_state_dim`` > 0) one token of the scene's state; last, the instruction token (absent
+    with ``text_encoder: none``). With no cameras no image backbone is built. Learned embeddings mark the
     camera, the step and the token's role, so a flattening consumer and an attending one both
     know which is which.
     """
 
     def __init__(self, cfg: EncoderConfig, *, cameras: Sequence[str], n_obs_steps: int,
-                 image_size: Tuple[int, int], state_width: int) -> None:
+                 image_size: Tuple[int, int], state_width: int, env_state_dim: int = 0) -> None:
         super().__init__()
-        problem = encoder_input_problem(cfg, image_size)
+        problem = encoder_input_problem(cfg, image_size) if cameras else None
         if problem:
             raise ValueError(f"image_size: {problem}")
         self.cfg = cfg
@@ -322,12 +323,20 @@ class ObservationEncoder(nn.Module):
         self.n_obs_steps = n_obs_steps
         self.image_size = tuple(image_size)
         n_cam = len(self.cameras)
-        if cfg.share_backbone:
+        if n_cam == 0:
+            self.image_tokenizers = nn.ModuleList()
+        elif cfg.share_backbone:
             self.image_tokenizers = nn.ModuleList([ImageTokenizer(cfg)])
         else:
             self.image_tokenizers = nn.ModuleList([ImageTokenizer(cfg) for _ in range(n_cam)])
         self.state_proj = nn.Sequential(nn.Linear(2 * state_width, cfg.d_model), nn.Mish(),
                                         nn.Linear(cfg.d_model, cfg.d_model))
+        self.env_state_dim = int(env_state_dim)
+        self.env_proj = None
+        if self.env_state_dim:
+            self.env_proj = nn.Sequential(nn.Linear(self.env_state_dim, cfg.d_model), nn.Mish(),
+                                          nn.Linear(cfg.d_model, cfg.d_model))
+            self.env_embed = nn.Parameter(torch.randn(cfg.d_model) * 0.02)
         self.text = None if cfg.text_encoder == "none" else TEXT_ENCODERS[cfg.text_encoder](cfg)
         self.camera_embed = nn.Parameter(torch.zeros(n_cam, cfg.d_model))
         self.step_embed = nn.Parameter(torch.zeros(n_obs_steps, cfg.d_model))
@@ -340,7 +349,8 @@ class ObservationEncoder(nn.Module):
 
     @property
     def n_tokens(self) -> int:
-        return self.n_obs_steps * (len(self.cameras) + 1) + (0 if self.text is None else 1)
+        per_step = len(self.cameras) + 1 + (1 if self.env_proj is not None else 0)
+        return self.n_obs_steps * per_step + (0 if self.text is None else 1)
 
     @property
     def d_model(self) -> int:
@@ -366,19 +376,28 @@ class ObservationEncoder(nn.Module):
             raise ValueError(f"observation has {t} steps x {n} cameras; the encoder expects "
                              f"{self.n_obs_steps} x {len(self.cameras)} ({', '.join(self.cameras)})")
         dtype = self.camera_embed.dtype
-        x = images.to(dtype) / 255.0
-        x = (x.flatten(0, 2) - self.pixel_mean.to(dtype)) / self.pixel_std.to(dtype)  # [B*T*N, 3, H, W]
-        x = self._crop(x)
-        if len(self.image_tokenizers) == 1:
-            img = self.image_tokenizers[0](x).view(b, t, n, -1)
-        else:
-            x = x.view(b, t, n, *x.shape[1:])
-            img = torch.stack([enc(x[:, :, i].flatten(0, 1)).view(b, t, -1)
-                               for i, enc in enumerate(self.image_tokenizers)], dim=2)
-        img = img + self.camera_embed.view(1, 1, n, -1)
+        parts = []
+        if n:
+            x = images.to(dtype) / 255.0
+            x = (x.flatten(0, 2) - self.pixel_mean.to(dtype)) / self.pixel_std.to(dtype)  # [B*T*N, 3, H, W]
+            x = self._crop(x)
+            if len(self.image_tokenizers) == 1:
+                img = self.image_tokenizers[0](x).view(b, t, n, -1)
+            else:
+                x = x.view(b, t, n, *x.shape[1:])
+                img = torch.stack([enc(x[:, :, i].flatten(0, 1)).view(b, t, -1)
+                                   for i, enc in enumerate(self.image_tokenizers)], dim=2)
+            parts.append(img + self.camera_embed.view(1, 1, n, -1))
         mask = obs.state_mask.to(dtype)[:, None, :].expand(b, t, -1)
         state = self.state_proj(torch.cat([obs.state.to(dtype) * mask, mask], dim=-1)) + self.state_embed
-        per_step = torch.cat([img, state[:, :, None, :]], dim=2) + self.step_embed.view(1, t, 1, -1)
+        parts.append(state[:, :, None, :])
+        if self.env_proj is not None:
+            env = obs.env_state
+            if env is None or tuple(env.shape) != (b, t, self.env_state_dim):
+                raise ValueError(f"env_state: the encoder expects [{b}, {t}, {self.env_state_dim}], got "
+                                 f"{None if env is None else list(env.shape)}")
+            parts.append(self.env_proj(env.to(dtype))[:, :, None, :] + self.env_embed)
+        per_step = torch.cat(parts, dim=2) + self.step_embed.view(1, t, 1, -1)
         tokens = [per_step.flatten(1, 2)]
         if self.text is not None:
             tokens.append(self.text(list(obs.task)).to(dtype)[:, None, :])

@@ -156,7 +156,8 @@ class LoadedPolicy:
             raise CheckpointError(f"{self.path}: no normalisation stats for embodiment {emb!r} "
                                   f"(has: {sorted(self.stats)})")
         return PolicyProcessor(action_space=self.action_space, embodiment=emb, stats=self.stats[emb],
-                               cameras=self.cameras, image_size=self.image_size, norm_mode=self.norm_mode)
+                               cameras=self.cameras, image_size=self.image_size, norm_mode=self.norm_mode,
+                               env_state_dim=self.config.env_state_dim)
 
 
 def read_pretrained_config(directory: Union[str, os.PathLike]) -> Tuple[Path, Dict[str, Any], str, Any]:

@@ -45,13 +45,15 @@ class ProcessedObservation:
     """One observation in model space (numpy).
 
     ``images``: uint8 ``[T_obs, N_cam, 3, H, W]``; ``state``: float32 ``[T_obs, W]``;
-    ``state_mask``: bool ``[W]``; ``task``: the instruction.
+    ``state_mask``: bool ``[W]``; ``task``: the instruction; ``env_state``: float32
+    ``[T_obs, E]`` normalised, for a policy that reads the scene's state (else None).
     """
 
     images: np.ndarray
     state: np.ndarray
     state_mask: np.ndarray
     task: str
+    env_state: Optional[np.ndarray] = None
 
 
 @dataclass(frozen=True)
@@ -78,12 +80,16 @@ class PolicyProcessor:
 
     ``stats`` holds ``"state"`` and ``"action"`` :class:`NormStats` in the embodiment's native
     dims (:func:`ate_core.data.stats.compute_stats`). ``norm_mode`` is ``"mean_std"`` or
-    ``"min_max"`` (Diffusion Policy's [-1, 1]).
+    ``"min_max"`` (Diffusion Policy's [-1, 1]). ``cameras`` may be empty (a policy of
+    low-dimensional observations). ``env_state_dim`` > 0: the policy also reads that many
+    columns of the scene's state (``env_state``), normalised with ``stats["env_state"]`` and
+    never padded (it describes the scene, not the embodiment).
     """
 
     def __init__(self, *, action_space: UnifiedActionSpace, embodiment: str,
                  stats: Mapping[str, NormStats], cameras: Sequence[str],
-                 image_size: Tuple[int, int], norm_mode: str = "mean_std") -> None:
+                 image_size: Tuple[int, int], norm_mode: str = "mean_std",
+                 env_state_dim: int = 0) -> None:
         dim = action_space.dim(embodiment)  # unknown embodiment -> ActionSpaceError
         for key in ("state", "action"):
             if key not in stats:
@@ -93,9 +99,18 @@ class PolicyProcessor:
                 raise NormStatsError(f"PolicyProcessor: stats[{key!r}] has shape "
                                      f"{list(stats[key].shape)}, embodiment {embodiment!r} has "
                                      f"{dim} native dims")
-        if isinstance(cameras, str) or not cameras:
-            raise ValueError(f"PolicyProcessor.cameras: expected a non-empty sequence of names, "
+        if isinstance(cameras, str):
+            raise ValueError(f"PolicyProcessor.cameras: expected a sequence of names, "
                              f"got {cameras!r}")
+        if env_state_dim:
+            env = stats.get("env_state")
+            if env is None:
+                raise NormStatsError(f"PolicyProcessor: the policy reads {env_state_dim} env_state "
+                                     f"columns but stats has no 'env_state' entry (has {sorted(stats)}): "
+                                     f"was it trained on a data set with env_state_names?")
+            if env.shape != (env_state_dim,):
+                raise NormStatsError(f"PolicyProcessor: stats['env_state'] has shape "
+                                     f"{list(env.shape)}, the policy reads {env_state_dim} columns")
         try:
             h, w = image_size
         except (TypeError, ValueError):
@@ -108,6 +123,11 @@ class PolicyProcessor:
         self.action_space = action_space
         self.embodiment = embodiment
         self.stats: Dict[str, NormStats] = {"state": stats["state"], "action": stats["action"]}
+        self.env_state_dim = int(env_state_dim)
+        self.env_transform = None
+        if self.env_state_dim:
+            self.stats["env_state"] = stats["env_state"]
+            self.env_transform = Normalize(self.stats["env_state"], norm_mode)
         self.cameras: Tuple[str, ...] = tuple(cameras)
         self.image_size: Tuple[int, int] = (int(h), int(w))
         self.norm_mode = norm_mode
@@ -131,13 +151,13 @@ class PolicyProcessor:
     def from_dataset(cls, dataset: "EpisodeDataset", action_space: UnifiedActionSpace,
                      cameras: Optional[Sequence[str]] = None,
                      image_size: Tuple[int, int] = (96, 96),
-                     norm_mode: str = "mean_std") -> "PolicyProcessor":
+                     norm_mode: str = "mean_std", env_state_dim: int = 0) -> "PolicyProcessor":
         """A processor for ``dataset``'s embodiment with statistics computed over it."""
         from ate_core.data.stats import compute_stats
         return cls(action_space=action_space, embodiment=dataset.embodiment,
                    stats=compute_stats(dataset),
                    cameras=dataset.cameras if cameras is None else cameras,
-                   image_size=image_size, norm_mode=norm_mode)
+                   image_size=image_size, norm_mode=norm_mode, env_state_dim=env_state_dim)
 
     # ------------------------------------------------------------------------ native -> model
 
@@ -173,25 +193,41 @@ class PolicyProcessor:
         return self.action_transform(np.asarray(action, dtype=np.float32))
 
     def observation(self, images: Mapping[str, np.ndarray], state: np.ndarray,
-                    task: str) -> ProcessedObservation:
-        """One observation: frames [T, h, w, 3] per camera and state [T, D] (or one step each)."""
-        imgs = self.images(images)
+                    task: str, env_state: Optional[np.ndarray] = None) -> ProcessedObservation:
+        """One observation: frames [T, h, w, 3] per camera, state [T, D] and, for a policy that
+        reads it, env_state [T, E] (or one step each)."""
         st = np.asarray(state, dtype=np.float32)
         if st.ndim == 1:
             st = st[None]
+        if self.cameras:
+            imgs = self.images(images)
+        else:
+            imgs = np.zeros((st.shape[0] if st.ndim == 2 else 1, 0, 3, *self.image_size), np.uint8)
         if st.ndim != 2 or st.shape[0] != imgs.shape[0]:
             raise ProcessorInputError(f"state: expected [T, {self.dim}] with T = "
                                       f"{imgs.shape[0]} (the frames per camera), "
                                       f"got {list(st.shape)}")
+        env = None
+        if self.env_transform is not None:
+            if env_state is None:
+                raise ProcessorInputError(f"env_state: the policy reads {self.env_state_dim} columns "
+                                          f"of the scene's state; the observation has none")
+            env = np.asarray(env_state, dtype=np.float32)
+            if env.ndim == 1:
+                env = env[None]
+            if env.shape != (st.shape[0], self.env_state_dim) or not np.all(np.isfinite(env)):
+                raise ProcessorInputError(f"env_state: expected finite [{st.shape[0]}, "
+                                          f"{self.env_state_dim}], got {list(env.shape)}")
+            env = self.env_transform(env).astype(np.float32, copy=False)
         return ProcessedObservation(images=imgs, state=self.state(st), state_mask=self.mask.copy(),
-                                    task=str(task))
+                                    task=str(task), env_state=env)
 
     def sample(self, raw: "RawSample") -> ProcessedSample:
         """A :class:`RawSample` of this processor's embodiment in model space."""
         if raw.embodiment != self.embodiment:
             raise ProcessorInputError(f"sample of embodiment {raw.embodiment!r} given to the "
                                       f"processor of {self.embodiment!r}")
-        obs = self.observation(raw.images, raw.state, raw.task)
+        obs = self.observation(raw.images, raw.state, raw.task, raw.env_state)
         return ProcessedSample(obs=obs, action=self.action(raw.action),
                                action_mask=self.mask.copy(),
                                action_is_pad=np.asarray(raw.action_is_pad, dtype=bool))
@@ -240,11 +276,15 @@ class ProcessedDataset(torch.utils.data.Dataset):
 def _stack_observations(obs: Sequence[ProcessedObservation]) -> base.Observation:
     if not obs:
         raise ValueError("cannot batch zero observations")
+    envs = [o.env_state for o in obs]
+    if any(e is None for e in envs) and not all(e is None for e in envs):
+        raise ValueError("cannot batch observations with and without env_state")
     return base.Observation(
         images=torch.from_numpy(np.stack([o.images for o in obs])),
         state=torch.from_numpy(np.stack([o.state for o in obs]).astype(np.float32, copy=False)),
         state_mask=torch.from_numpy(np.stack([o.state_mask for o in obs])),
         task=tuple(o.task for o in obs),
+        env_state=None if envs[0] is None else torch.from_numpy(np.stack(envs)),
     )
 
 

@@ -44,7 +44,7 @@ from ate_core.runtime.latency import LatencyStats
 from ate_core.runtime.obs_sync import ObservationSynchronizer, SyncedObservation
 
 __all__ = ["ChunkPolicy", "Phase", "Blocked", "LoopStatus", "Cycle", "InferenceLoop",
-           "RETRY_S", "ERROR_BACKOFF_S", "RATE_MARGIN"]
+           "RETRY_S", "ERROR_BACKOFF_S", "RATE_MARGIN", "ENV_STATE_SOURCE"]
 
 #: While blocked, look again this often: soon enough to act on the first fresh frame.
 RETRY_S = 0.01
@@ -52,6 +52,10 @@ RETRY_S = 0.01
 ERROR_BACKOFF_S = 0.5
 #: Sources may run this much faster than configured before the observation window runs short.
 RATE_MARGIN = 2.0
+#: The source of the scene's low-dimensional state (object poses), for a policy that reads it
+#: (``env_state_dim`` > 0). Only a simulation has it: the twin's evaluation feeds it at the
+#: joint states' rate; the robot has no such stream, so its inference node refuses such a policy.
+ENV_STATE_SOURCE = "env_state"
 
 #: Turns a stored camera sample into uint8 RGB ``[H, W, 3]``; ``ValueError`` for an unusable one.
 ImageDecoder = Callable[[Any], np.ndarray]
@@ -182,10 +186,15 @@ class InferenceLoop:
         self._decode_image = decode_image
         self._joint_positions = joint_positions
 
+        #: Columns of the scene's state the policy reads from :data:`ENV_STATE_SOURCE` (0: none).
+        self.env_state_dim = int(getattr(policy, "env_state_dim", 0))
         max_age = {cam: cfg.cameras[cam].max_age_s for cam in self.cameras}
         max_age.update({s: icfg.joint_state_max_age_s for s in self.arms})
         rate_hz = {cam: cfg.cameras[cam].fps for cam in self.cameras}
         rate_hz.update({f"{side}_arm": 1.0 / push_period_s(arm.push_cycle) for side, arm in cfg.arms.items()})
+        if self.env_state_dim:
+            max_age[ENV_STATE_SOURCE] = icfg.joint_state_max_age_s
+            rate_hz[ENV_STATE_SOURCE] = max(rate_hz[s] for s in self.arms)
         window_s = (policy.n_obs_steps - 1) * policy.action_period_ns * 1e-9
         self._sync = ObservationSynchronizer(max_age, history=_observation_history(window_s, max_age, rate_hz))
         self._warmups_done = 0
@@ -214,9 +223,10 @@ class InferenceLoop:
         ``ref_ns``."""
         return self._sync.window(ref_ns, self.policy.n_obs_steps, self.policy.action_period_ns)
 
-    def inputs(self, window: Sequence[SyncedObservation]) -> Union[Tuple[Dict[str, np.ndarray], np.ndarray], Blocked]:
-        """Decoded frames per camera ``[T, H, W, 3]`` and the state ``[T, D]`` in the policy's
-        joint order, or why they cannot be had."""
+    def inputs(self, window: Sequence[SyncedObservation]) -> Union[Tuple[Any, ...], Blocked]:
+        """Decoded frames per camera ``[T, H, W, 3]``, the state ``[T, D]`` in the policy's
+        joint order and, for a policy that reads it, the scene's state ``[T, E]``; or why they
+        cannot be had."""
         # The newest observation's problem is the one to fix first; an older step of the window
         # (n_obs_steps > 1) can only lack history, e.g. just after start-up.
         for back, obs in enumerate(reversed(window)):
@@ -240,6 +250,12 @@ class InferenceLoop:
                     return Blocked(source, f"{source}: joint state lacks {name}")
                 row.append(value)
             rows.append(row)
+        if self.env_state_dim:
+            env = np.asarray([obs.values[ENV_STATE_SOURCE] for obs in window], dtype=np.float32)
+            if env.shape != (len(window), self.env_state_dim):
+                return Blocked(ENV_STATE_SOURCE, f"{ENV_STATE_SOURCE}: expected {self.env_state_dim} "
+                                                 f"values, got {list(env.shape[1:])}")
+            return images, np.asarray(rows, dtype=np.float32), env
         return images, np.asarray(rows, dtype=np.float32)
 
     # ---- the loop ---------------------------------------------------------------------------
@@ -275,9 +291,10 @@ class InferenceLoop:
             return Cycle(wait_s=RETRY_S, blocked=inputs if new else None, changed=new)
         unblocked = before.blocked.source if before.blocked is not None else None
         self.status = replace(before, blocked=None)
-        images, state = inputs
+        images, state = inputs[:2]
+        extra = {"env_state": inputs[2]} if len(inputs) > 2 else {}
         try:
-            chunk = self.policy.infer(images, state, window[-1].ref_ns, self.task)
+            chunk = self.policy.infer(images, state, window[-1].ref_ns, self.task, **extra)
         except ChunkRejected as e:
             return self._failed(f"prediction rejected ({e.rule}): {e}", rejected=True, unblocked=unblocked)
         except Exception as e:  # the loop must go on: count, report, retry

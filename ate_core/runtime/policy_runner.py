@@ -81,6 +81,8 @@ class PolicyRunner:
         self.n_obs_steps: int = int(loaded.config.n_obs_steps)
         self.horizon: int = int(loaded.config.horizon)
         self.n_action_steps: int = int(loaded.config.n_action_steps)
+        #: Columns of the scene's state the policy reads (0: none; see InferenceLoop).
+        self.env_state_dim: int = int(loaded.config.env_state_dim)
         self.action_period_ns = int(action_period_ns)
         self.device = device
         self.dtype = dtype
@@ -133,17 +135,24 @@ class PolicyRunner:
         images = {cam: np.zeros((self.n_obs_steps, h, w, 3), dtype=np.uint8) for cam in self.cameras}
         mean = np.asarray(self.processor.stats["state"].mean, dtype=np.float32)
         state = np.broadcast_to(mean, (self.n_obs_steps, mean.shape[0])).copy()
+        env = None
+        if self.env_state_dim:
+            env_mean = np.asarray(self.processor.stats["env_state"].mean, dtype=np.float32)
+            env = np.broadcast_to(env_mean, (self.n_obs_steps, self.env_state_dim)).copy()
         for _ in range(int(runs)):
-            self.infer(images, state, 0, "")
+            self.infer(images, state, 0, "", env_state=env)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
     def infer(self, images: Mapping[str, np.ndarray], state: np.ndarray, stamp_ns: int, task: str,
-              generator: Optional[torch.Generator] = None) -> ActionChunk:
+              generator: Optional[torch.Generator] = None,
+              env_state: Optional[np.ndarray] = None) -> ActionChunk:
         """One chunk for one observation.
 
         ``images``: camera -> uint8 RGB ``[T, H, W, 3]`` (any size: the processor resizes);
-        ``state``: native ``[T, D]`` in :attr:`joint_names` order; ``T`` = :attr:`n_obs_steps`.
+        ``state``: native ``[T, D]`` in :attr:`joint_names` order; ``T`` = :attr:`n_obs_steps`;
+        ``env_state``: native ``[T, E]`` for a policy that reads the scene's state
+        (:attr:`env_state_dim` > 0).
         Point i of the chunk is due at ``stamp_ns + i * action_period_ns``. A non-finite
         prediction raises :class:`~ate_core.runtime.chunk.ChunkRejected`.
         """
@@ -151,7 +160,7 @@ class PolicyRunner:
         expected = (self.n_obs_steps, len(self.joint_names))
         if state.shape != expected:
             raise ValueError(f"state: expected {list(expected)} (n_obs_steps x joints), got {list(state.shape)}")
-        obs = self.processor.batch_observation([self.processor.observation(images, state, task)])
+        obs = self.processor.batch_observation([self.processor.observation(images, state, task, env_state)])
         obs = obs.to(self.device, non_blocking=self.device.type == "cuda")
         autocast = self.device.type == "cuda" and self.dtype != torch.float32
         with torch.autocast(device_type=self.device.type, dtype=self.dtype, enabled=autocast):

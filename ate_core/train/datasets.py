@@ -15,7 +15,7 @@ import numpy as np
 from ate_core.config import ConfigError
 from ate_core.data.dataset import EpisodeDataset
 from ate_core.data.spaces import NormStats
-from ate_core.data.stats import compute_stats
+from ate_core.data.stats import ENV_STATE_KEY, compute_stats
 from ate_core.train.config import TrainConfig
 from ate_core.train.stage import TrainingError
 
@@ -54,4 +54,7 @@ def stats_by_embodiment(datasets: Sequence[EpisodeDataset],
         else:  # the same statistics compute_stats takes, over the union of the datasets
             out[emb] = {"state": NormStats.from_data(np.concatenate([ds.states() for ds in group])),
                         "action": NormStats.from_data(np.concatenate([ds.actions() for ds in group]))}
+            envs = [ds.env_states() for ds in group]
+            if all(e is not None for e in envs) and len({e.shape[1] for e in envs}) == 1:
+                out[emb][ENV_STATE_KEY] = NormStats.from_data(np.concatenate(envs))
     return out

@@ -370,7 +370,8 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device, *, progress: 
     processed = [ProcessedDataset(ds, PolicyProcessor(action_space=space, embodiment=emb, stats=stats[emb],
                                                       cameras=tuple(policy_cfg.cameras),
                                                       image_size=tuple(policy_cfg.image_size),
-                                                      norm_mode=cfg.norm_mode))
+                                                      norm_mode=cfg.norm_mode,
+                                                      env_state_dim=policy_cfg.env_state_dim))
                  for ds, emb in zip(datasets, embodiments)]
     data = processed[0] if len(processed) == 1 else ConcatDataset(processed)
     inner_sampler = DistributedSampler(data, num_replicas=info.world_size, rank=info.rank, shuffle=True,

@@ -12,6 +12,9 @@ expert commands at the supervisor's 100 Hz; an episode keeps every ``100 / fps``
   segments, gripper ramps), so the kept ones, interpolated linearly back to 100 Hz as the
   chunk executor does, stay close to the expert's stream (measured at 10 Hz over every task
   and both arm models: TCP within 0.7 mm, joints within 4 mrad, grippers within 2 mm),
+* with ``env_state``, the scene's low-dimensional state at that step (:meth:`Task.env_state
+  <ate_core.twin.tasks.Task.env_state>`: object poses and the target), what a policy of
+  low-dimensional observations reads (``--env-state --cameras none``: no frames at all),
 * one frame per camera at that state, rendered as the stack's camera nodes publish it on the
   twin (the config's ``sim.camera_width`` x ``sim.camera_height``) and shrunk to the data set's
   image size by the policy's own resize (:func:`ate_core.policy.processor.resize_frame`), so a
@@ -24,6 +27,7 @@ task's instruction is the episode's task text.
 
     python -m ate_core.twin.demos --task pick_place --episodes 50 --out /tmp/demos
     python -m ate_core.twin.demos --task lift_box --episodes 100 --image-size 96x72 --out data/lift
+    python -m ate_core.twin.demos --task push --episodes 50 --env-state --cameras none --out data/push_lowdim
 """
 
 from __future__ import annotations
@@ -141,7 +145,7 @@ def _joint_vector(parts: List[np.ndarray]) -> np.ndarray:
 def record_episode(twin: Twin, task: Task, seed: int, *, arms: Sequence[str],
                    cameras: Sequence[str], image_size: Size, record_every: int,
                    render_size: Optional[Size] = None,
-                   settings: ExpertSettings = ExpertSettings()
+                   settings: ExpertSettings = ExpertSettings(), env_state: bool = False
                    ) -> Tuple[EpisodeResult, Optional[Episode]]:
     """Run the expert on ``seed`` and record every ``record_every``-th control tick; the
     episode is None when the expert failed (see the module docstring for what is recorded).
@@ -152,6 +156,7 @@ def record_episode(twin: Twin, task: Task, seed: int, *, arms: Sequence[str],
     actions: List[np.ndarray] = []
     stamps: List[float] = []
     frames: Dict[str, List[np.ndarray]] = {c: [] for c in cameras}
+    scene: List[np.ndarray] = []
 
     def record(tick: int, commands: Commands) -> None:
         if tick % record_every:
@@ -161,6 +166,8 @@ def record_episode(twin: Twin, task: Task, seed: int, *, arms: Sequence[str],
         actions.append(_joint_vector([np.append(commands[p].q_rad, commands[p].gripper_m)
                                       for p in arms]))
         stamps.append(tick * CONTROL_PERIOD_S)
+        if env_state:
+            scene.append(task.env_state(twin))
         for camera in cameras:
             frames[camera].append(resize_frame(twin.render(camera, width, height), image_size))
 
@@ -170,6 +177,7 @@ def record_episode(twin: Twin, task: Task, seed: int, *, arms: Sequence[str],
     episode = Episode(
         task=task.instruction, state=np.stack(states), action=np.stack(actions),
         timestamp_s=np.array(stamps), frames={c: np.stack(f) for c, f in frames.items()},
+        env_state=np.stack(scene) if env_state else None,
         extra={"source": "ate_core.twin.experts", "task_name": task.name, "seed": int(seed),
                "arm_model": twin.robot.layout.arm(arms[0]).model.name, "arms": list(arms),
                "control_hz": _CONTROL_HZ, "record_every": int(record_every),
@@ -183,11 +191,12 @@ def write_demonstrations(root: PathLike, task: Task, embodiment: str, episodes: 
                          render_size: Union[None, int, Size, str] = None,
                          fps: float = 10.0, cameras: Optional[Sequence[str]] = None,
                          settings: ExpertSettings = ExpertSettings(),
-                         progress: bool = True) -> DemoReport:
+                         progress: bool = True, env_state: bool = False) -> DemoReport:
     """Write ``episodes`` successful expert episodes of ``task`` to the data set ``root``
     (created, or appended to when it holds the same embodiment, rate and cameras), trying
     seeds ``seed, seed + 1, ...``; failed seeds are skipped and reported. Frames are rendered
-    at ``render_size`` (default: ``image_size``) and stored at ``image_size``."""
+    at ``render_size`` (default: ``image_size``) and stored at ``image_size``. ``env_state``:
+    record the scene's state too; ``cameras=()`` then writes no frames."""
     if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 0:
         raise ValueError(f"episodes must be an int >= 0, got {episodes!r}")
     record_every = _CONTROL_HZ / float(fps)
@@ -201,11 +210,14 @@ def write_demonstrations(root: PathLike, task: Task, embodiment: str, episodes: 
     twin = Twin(demo_robot(embodiment, robot), task.scene())
     cameras = tuple(cameras) if cameras is not None else default_cameras(embodiment, task, twin)
     unknown = [c for c in cameras if c not in twin.camera_names]
-    if unknown or not cameras:
-        raise ValueError(f"cameras {list(cameras)}: the twin has {list(twin.camera_names)}")
+    if unknown or not (cameras or env_state):
+        twin.close()
+        raise ValueError(f"cameras {list(cameras)}: the twin has {list(twin.camera_names)} "
+                         f"(no cameras only with env_state)")
     info = DatasetInfo(embodiment=embodiment, fps=float(fps),
                        joint_names=default_joint_names(embodiment),
-                       cameras={c: stored for c in cameras})
+                       cameras={c: stored for c in cameras},
+                       env_state_names=task.env_state_names if env_state else ())
     writer = EpisodeWriter(root, info)
 
     from tqdm import tqdm
@@ -223,7 +235,7 @@ def write_demonstrations(root: PathLike, task: Task, embodiment: str, episodes: 
             result, episode = record_episode(twin, task, attempt, arms=arms, cameras=cameras,
                                              image_size=stored, render_size=rendered,
                                              record_every=round(record_every),
-                                             settings=settings)
+                                             settings=settings, env_state=env_state)
             if episode is None:
                 failed.append(attempt)
                 reasons.append(result.outcome.reason)
@@ -260,10 +272,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="recorded frames per second; divides the 100 Hz control rate")
     parser.add_argument("--cameras", default="",
                         help="comma-separated camera names (default: all for rm75_bimanual, "
-                             "head and the arm's wrist for rm65_single)")
+                             "head and the arm's wrist for rm65_single; 'none': no frames, "
+                             "with --env-state)")
+    parser.add_argument("--env-state", action="store_true",
+                        help="record the scene's low-dimensional state (object poses, target)")
     parser.add_argument("--config", default="config/bimanual.yaml", help="robot config YAML")
     args = parser.parse_args(argv)
     cameras = [c.strip() for c in args.cameras.split(",") if c.strip()] or None
+    if cameras == ["none"]:
+        cameras = []
     try:
         cfg = load_config(args.config)
         robot = TwinRobot.from_config(cfg)
@@ -271,7 +288,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         report = write_demonstrations(args.out, get_task(args.task), args.embodiment,
                                       args.episodes, robot=robot, seed=args.seed,
                                       image_size=args.image_size, render_size=render,
-                                      fps=args.fps, cameras=cameras)
+                                      fps=args.fps, cameras=cameras, env_state=args.env_state)
     except (ValueError, FileExistsError) as e:  # ConfigError, TaskError, EpisodeFormatError
         print(f"error: {e}", file=sys.stderr)
         return 2

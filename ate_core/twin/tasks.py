@@ -213,6 +213,28 @@ class Task(ABC):
             parts.append(f"target at ({target[0]:.3f}, {target[1]:.3f}) m")
         return "; ".join(parts)
 
+    @property
+    def env_state_names(self) -> Tuple[str, ...]:
+        """The columns of :meth:`env_state`: per object its centre and yaw (as cosine and sine),
+        then the target's x, y where the task has one."""
+        names = [f"{o}.{c}" for o in self.objects for c in ("x", "y", "z", "cos_yaw", "sin_yaw")]
+        if self.uses_target:
+            names += ["target.x", "target.y"]
+        return tuple(names)
+
+    def env_state(self, twin: Twin) -> np.ndarray:
+        """The scene's low-dimensional state now (world frame, m), as :attr:`env_state_names`
+        says: what a policy of low-dimensional observations reads instead of cameras (LeRobot's
+        ``observation.environment_state``). Only a simulation knows it."""
+        out = []
+        for name in self.objects:
+            pose = twin.object_pose(name)
+            yaw = math.atan2(pose[1, 0], pose[0, 0])
+            out += [*pose[:3, 3], math.cos(yaw), math.sin(yaw)]
+        if self.uses_target:
+            out += list(twin.target_position()[:2])
+        return np.asarray(out, dtype=np.float32)
+
     @abstractmethod
     def draw(self, rng: np.random.Generator) -> Tuple[Dict[str, Tuple[np.ndarray, float]],
                                                        Optional[np.ndarray]]:

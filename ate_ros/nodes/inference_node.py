@@ -70,6 +70,12 @@ class InferenceNode(Node):
         self.runner = runner if runner is not None else PolicyRunner.from_config(cfg.inference)
         for note in self.runner.notes:
             self.get_logger().warning(note)
+        if getattr(self.runner, "env_state_dim", 0):
+            raise ConfigError("config", "inference.checkpoint",
+                              f"{cfg.inference.checkpoint}: the policy reads the scene's state "
+                              f"({self.runner.env_state_dim} env_state columns: object poses a "
+                              f"simulation knows), which no robot topic carries; run it with "
+                              f"python -m ate_core.eval on the twin")
         self.loop = InferenceLoop(self.runner, cfg, decode_image=image_to_rgb,
                                   joint_positions=_joint_positions)
         self._sync_lock = threading.Lock()  # the executor adds samples while the worker takes windows

@@ -65,7 +65,8 @@ class DiffusionPolicy(Policy):
             raise TypeError(f"DiffusionPolicy needs a DiffusionConfig, got {type(config).__name__}")
         self.config = config
         self.encoder = ObservationEncoder(config.encoder, cameras=config.cameras, n_obs_steps=config.n_obs_steps,
-                                          image_size=config.image_size, state_width=config.state_width)
+                                          image_size=config.image_size, state_width=config.state_width,
+                                          env_state_dim=config.env_state_dim)
         n_tokens, d_obs = self.encoder.n_tokens, self.encoder.d_model
         self.denoiser: nn.Module
         if config.denoiser == "unet":

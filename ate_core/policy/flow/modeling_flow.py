@@ -132,7 +132,8 @@ class FlowPolicy(Policy):
         super().__init__()
         self.config = config
         self.encoder = ObservationEncoder(config.encoder, cameras=config.cameras, n_obs_steps=config.n_obs_steps,
-                                          image_size=config.image_size, state_width=config.state_width)
+                                          image_size=config.image_size, state_width=config.state_width,
+                                          env_state_dim=config.env_state_dim)
         self.expert = ActionExpert(prefix_dim=self.encoder.d_model, action_width=config.action_width,
                                    horizon=config.horizon, d_model=config.expert_d_model,
                                    n_layers=config.expert_n_layers, n_heads=config.expert_n_heads,
