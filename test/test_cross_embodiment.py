@@ -56,6 +56,15 @@ def test_the_smoke_variant_runs_every_stage_and_twice_gives_identical_results(tm
     # a finished run is not redone: a second call only reads what is there
     again = run_benchmark(cfg, tmp_path / "a", jobs=1, log=lambda m: None)
     assert _cells(again) == _cells(first)
+    # ... and one of another config is refused before any work, never mixed into it
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "a").rglob("done.json")}
+    with pytest.raises(RuntimeError, match=r"eval/diffusion/direct/n2_s0/step000005/pick_place: holds a result made with other settings"):
+        run_benchmark(dataclasses.replace(cfg, latency_ms=50.0), tmp_path / "a", jobs=1, log=lambda m: None)
+    with pytest.raises(RuntimeError, match=r"pretrain/flow: holds a result made with other settings"):
+        flow = cfg.families["flow"]
+        changed = {**cfg.families, "flow": dataclasses.replace(flow, pretrain={**flow.pretrain, "lr": 5e-4})}
+        run_benchmark(dataclasses.replace(cfg, families=changed), tmp_path / "a", jobs=1, log=lambda m: None)
+    assert before == {p: p.stat().st_mtime_ns for p in (tmp_path / "a").rglob("done.json")}
 
 
 def test_evaluation_scenes_never_overlap_the_demonstrations_or_each_other():

@@ -30,12 +30,13 @@ run in ``jobs`` worker processes, each with one torch thread. With a fixed infer
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import multiprocessing
 import os
 import shutil
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
@@ -207,12 +208,27 @@ def _one_thread() -> None:
     torch.set_num_threads(1)
 
 
-def _done(folder: Path) -> Optional[Dict[str, Any]]:
+def spec_of(*parts: Any) -> str:
+    """A step's fingerprint: its own settings and its inputs' fingerprints (so a step whose
+    inputs were made differently is not taken for done)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _done(folder: Path, spec: Optional[str] = None) -> Optional[Dict[str, Any]]:
+    """The step's result where it finished; an error where it finished with other settings."""
     path = folder / DONE
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    done = json.loads(path.read_text())
+    if spec is not None and done.get("spec") != spec:
+        raise RuntimeError(f"{folder}: holds a result made with other settings or inputs (fingerprint "
+                           f"{done.get('spec')}, this run's {spec}); use another --out, or remove the folder "
+                           f"to redo that step")
+    return done
 
 
-def _finish(folder: Path, result: Dict[str, Any]) -> Dict[str, Any]:
+def _finish(folder: Path, spec: str, result: Dict[str, Any]) -> Dict[str, Any]:
+    result = {**result, "spec": spec}
     tmp = folder / (DONE + ".tmp")
     tmp.write_text(json.dumps(result, indent=1, sort_keys=True))
     os.replace(tmp, folder / DONE)
@@ -227,15 +243,15 @@ def _fresh(folder: Path) -> Path:
     return folder
 
 
-def job_demos(folder: str, task: str, embodiment: str, episodes: int, image: bool, image_size: str,
-              robot_config: str) -> Dict[str, Any]:
+def job_demos(spec: str, folder: str, task: str, embodiment: str, episodes: int, image: bool,
+              image_size: str, robot_config: str) -> Dict[str, Any]:
     from ate_core.robot.config import load_config
     from ate_core.twin.demos import write_demonstrations
     from ate_core.twin.model import TwinRobot
     from ate_core.twin.tasks import get_task
 
     out = Path(folder)
-    if (done := _done(out)) is not None:
+    if (done := _done(out, spec)) is not None:
         return done
     _one_thread()
     _fresh(out)
@@ -252,13 +268,13 @@ def job_demos(folder: str, task: str, embodiment: str, episodes: int, image: boo
     if max(seeds) >= EVAL_SEED:
         raise RuntimeError(f"{task} ({embodiment}): a demonstration used scene seed {max(seeds)}, "
                            f"at or above the evaluation's first ({EVAL_SEED})")
-    return _finish(out, {"episodes": report.written, "failed": report.failed, "seeds": [min(seeds), max(seeds)]})
+    return _finish(out, spec, {"episodes": report.written, "failed": report.failed, "seeds": [min(seeds), max(seeds)]})
 
 
-def job_train(folder: str, config: Dict[str, Any], kind: str) -> Dict[str, Any]:
+def job_train(spec: str, folder: str, config: Dict[str, Any], kind: str) -> Dict[str, Any]:
     """``kind``: ``train`` (ate_train), ``finetune`` (ate_finetune) or ``align`` (ate_align)."""
     out = Path(folder)
-    if (done := _done(out)) is not None:
+    if (done := _done(out, spec)) is not None:
         return done
     _one_thread()
     _fresh(out)
@@ -281,17 +297,17 @@ def job_train(folder: str, config: Dict[str, Any], kind: str) -> Dict[str, Any]:
     else:
         raise ValueError(f"unknown job kind {kind!r}")
     (out / "config.json").write_text(json.dumps(config, indent=1, sort_keys=True))
-    return _finish(out, {"final_loss": final, "train_s": round(time.perf_counter() - started, 1)})
+    return _finish(out, spec, {"final_loss": final, "train_s": round(time.perf_counter() - started, 1)})
 
 
-def job_eval(folder: str, checkpoint: str, task: str, seeds: List[int], robot_config: str,
+def job_eval(spec: str, folder: str, checkpoint: str, task: str, seeds: List[int], robot_config: str,
              latency_ms: float, time_limit_s: float, guidance: bool) -> Dict[str, Any]:
     from ate_core.eval.closed_loop import evaluate
     from ate_core.robot.config import load_config
     from ate_core.twin.tasks import get_task
 
     out = Path(folder)
-    if (done := _done(out)) is not None:
+    if (done := _done(out, spec)) is not None:
         return done
     _one_thread()
     out.mkdir(parents=True, exist_ok=True)
@@ -304,7 +320,7 @@ def job_eval(folder: str, checkpoint: str, task: str, seeds: List[int], robot_co
                  "time_to_success_s": e.time_to_success_s,
                  "interventions": int(sum(e.interventions.values())), "chunks": e.chunks}
                 for e in report.episodes]
-    return _finish(out, {"task": task, "successes": report.successes, "episodes": len(episodes),
+    return _finish(out, spec, {"task": task, "successes": report.successes, "episodes": len(episodes),
                          "per_episode": episodes, "wall_s": round(sum(e.wall_s for e in report.episodes), 1)})
 
 
@@ -312,32 +328,51 @@ def job_eval(folder: str, checkpoint: str, task: str, seeds: List[int], robot_co
 # The run
 
 
-class _Pool:
-    """Jobs of one stage in ``jobs`` processes (or in this process with ``jobs`` = 1)."""
+@dataclass
+class _Job:
+    key: str
+    fn: Callable[..., Dict[str, Any]]
+    args: tuple
+    after: Tuple[str, ...] = ()
 
-    def __init__(self, jobs: int, log: Callable[[str], None]) -> None:
-        self.jobs = jobs
-        self.log = log
-        self._executor = None
-        if jobs > 1:
-            self._executor = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
 
-    def run(self, stage: str, calls: Sequence[Tuple[str, Callable[..., Dict[str, Any]], tuple]]) -> Dict[str, Dict[str, Any]]:
-        started = time.perf_counter()
-        results: Dict[str, Dict[str, Any]] = {}
-        if self._executor is None:
-            for key, fn, args in calls:
-                results[key] = fn(*args)
-        else:
-            futures = {key: self._executor.submit(fn, *args) for key, fn, args in calls}
-            for key, future in futures.items():
-                results[key] = future.result()
-        self.log(f"{stage}: {len(calls)} jobs in {time.perf_counter() - started:.0f} s")
+def _run_jobs(jobs: Sequence[_Job], workers: int, log: Callable[[str], None]) -> Dict[str, Dict[str, Any]]:
+    """Every job once its ``after`` jobs are done, ``workers`` at a time (in this process with one
+    worker): evaluation of one checkpoint starts while others still train."""
+    results: Dict[str, Dict[str, Any]] = {}
+    pending = list(jobs)
+    started = time.perf_counter()
+    stages: Dict[str, List[int]] = {}
+    for job in jobs:
+        stages.setdefault(job.key.split("/")[0], [0, 0])[1] += 1
+
+    def finished(job: _Job, result: Dict[str, Any]) -> None:
+        results[job.key] = result
+        stage = stages[job.key.split("/")[0]]
+        stage[0] += 1
+        if stage[0] == stage[1]:
+            log(f"{job.key.split('/')[0]}: {stage[1]} jobs done at {time.perf_counter() - started:.0f} s")
+
+    if workers <= 1:
+        for job in pending:  # built in dependency order
+            finished(job, job.fn(*job.args))
         return results
-
-    def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(cancel_futures=True)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        running: Dict[Any, _Job] = {}
+        try:
+            while pending or running:
+                for job in [j for j in pending if all(a in results for a in j.after)]:
+                    pending.remove(job)
+                    running[pool.submit(job.fn, *job.args)] = job
+                if not running:
+                    raise RuntimeError(f"jobs wait for jobs that do not exist: {[j.key for j in pending[:3]]}")
+                done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                for future in done:
+                    finished(running.pop(future), future.result())
+        except BaseException:
+            pool.shutdown(cancel_futures=True)
+            raise
+    return results
 
 
 def _merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> Dict[str, Any]:
@@ -353,123 +388,120 @@ def _checkpoint_steps(steps: int, count: int) -> List[int]:
     return marks
 
 
+def plan(cfg: BenchConfig, out: Path) -> List[_Job]:
+    """Every step of the run, in dependency order, each with its fingerprint (:func:`spec_of`)."""
+    per_seed = max(cfg.adapt_sizes)
+    data = out / "data"
+    jobs: List[_Job] = []
+    specs: Dict[str, str] = {}
+
+    def add(key: str, fn: Callable[..., Dict[str, Any]], args: tuple, after: Tuple[str, ...] = ()) -> None:
+        specs[key] = spec_of(fn.__name__, args[1:], [specs[a] for a in after])
+        jobs.append(_Job(key, fn, (specs[key], str(out / key), *args[1:]), after))
+
+    for task in cfg.tasks:
+        add(f"data/rm65/{task}", job_demos, (None, task, "rm65_single", cfg.pretrain_episodes, cfg.image,
+                                             cfg.image_size, cfg.robot_config))
+        add(f"data/rm75/{task}", job_demos, (None, task, "rm75_bimanual", per_seed * cfg.seeds, cfg.image,
+                                             cfg.image_size, cfg.robot_config))
+    rm65 = [str(data / "rm65" / t / "data") for t in cfg.tasks]
+    rm75 = [str(data / "rm75" / t / "data") for t in cfg.tasks]
+    src = tuple(f"data/rm65/{t}" for t in cfg.tasks)
+    tgt = tuple(f"data/rm75/{t}" for t in cfg.tasks)
+
+    for fam, family in cfg.families.items():
+        conf = _merge({"dataset": {"roots": rm65}, "policy": dict(family.policy), "num_workers": 0,
+                       "device": "cpu", "amp": False, "seed": 1000}, family.pretrain)
+        add(f"pretrain/{fam}", job_train, (None, conf, "train"), src)
+    kernels = sorted({v.kernel for v in cfg.variants if v.method == "ate"})
+    for kernel in kernels:
+        conf = _merge(cfg.align, {"stage": "pre", "dataset": {"roots": rm65}, "steps": cfg.align_pre_steps,
+                                  "loss": {"mmd_kernel": kernel}, "device": "cpu", "baseline": False})
+        add(f"align/pre_{kernel}", job_train, (None, conf, "align"), src)
+        for size in cfg.adapt_sizes:
+            if not any(v.method == "ate" and v.kernel == kernel and v.runs_on(f, size)
+                       for v in cfg.variants for f in cfg.families):
+                continue
+            for s in range(cfg.seeds):
+                conf = _merge(cfg.align, {
+                    "stage": "ada", "dataset": {"roots": rm75, "episodes": demo_episodes(s, size, per_seed)},
+                    "pre_checkpoint": str(out / "align" / f"pre_{kernel}" / "run"),
+                    "steps": cfg.align_ada_steps, "loss": {"mmd_kernel": kernel}, "device": "cpu",
+                    "baseline": True, "seed": 1000 + s})
+                add(_ada_key(kernel, size, s), job_train, (None, conf, "align"), (f"align/pre_{kernel}", *tgt))
+
+    for fam, family in cfg.families.items():
+        steps = int(_merge({"steps": 0}, family.finetune)["steps"])
+        for v in cfg.variants:
+            if v.reuse:
+                continue
+            for size in cfg.adapt_sizes:
+                if not v.runs_on(fam, size):
+                    continue
+                for s in range(cfg.seeds):
+                    conf = _merge({"method": v.method, "init_from": str(out / "pretrain" / fam / "run"),
+                                   "dataset": {"roots": rm75, "episodes": demo_episodes(s, size, per_seed)},
+                                   "num_workers": 0, "device": "cpu", "amp": False, "seed": 2000 + s},
+                                  family.finetune)
+                    conf["save_every"] = max(1, steps // cfg.checkpoints)
+                    after: Tuple[str, ...] = (f"pretrain/{fam}", *tgt)
+                    if v.method == "ate":
+                        vae = out / _ada_key(v.kernel, size, s) / "run"
+                        if not v.reverse_kl:
+                            vae = vae / "baseline"
+                        conf["ate"] = _merge(conf.get("ate", {}), {**v.ate, "vae": str(vae)})
+                        after += (_ada_key(v.kernel, size, s),)
+                    add(_ft_key(fam, v.name, size, s), job_train, (None, conf, "finetune"), after)
+
+    for fam, family in cfg.families.items():
+        steps = int(_merge({"steps": 0}, family.finetune)["steps"])
+        for v in cfg.variants:
+            for size in cfg.adapt_sizes:
+                if not v.runs_on(fam, size):
+                    continue
+                for s in range(cfg.seeds):
+                    trained = _ft_key(fam, v.reuse or v.name, size, s)
+                    for step in (_checkpoint_steps(steps, cfg.checkpoints) if v.curve else [steps]):
+                        n = cfg.eval_episodes if step == steps else cfg.curve_episodes
+                        for task in cfg.tasks:
+                            add(_eval_key(fam, v.name, size, s, step, task), job_eval, (
+                                None, str(out / trained / "run" / "checkpoints" / f"{step:06d}"), task,
+                                eval_seeds(s, n), cfg.robot_config, cfg.latency_ms, cfg.time_limit_s,
+                                v.inference_guidance), (trained,))
+    return jobs
+
+
 def run_benchmark(cfg: BenchConfig, out: os.PathLike | str, *, jobs: int = 2,
                   log: Callable[[str], None] = print) -> Dict[str, Any]:
     """Run (or continue) the benchmark of ``cfg`` in ``out``; returns :func:`summarize`'s result,
-    also written to ``out/results.json``."""
+    also written to ``out/results.json``. A step already done with other settings or inputs is an
+    error (a run is never mixed from two configs)."""
     for key, message in cfg.problems():
         raise ConfigError(cfg.name, key, message)
-    out = Path(out)
+    out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    per_seed = max(cfg.adapt_sizes)
-    pool = _Pool(jobs, log)
-    try:
-        data = out / "data"
-        calls = []
-        for task in cfg.tasks:
-            calls.append((f"rm65/{task}", job_demos, (str(data / "rm65" / task), task, "rm65_single",
-                                                      cfg.pretrain_episodes, cfg.image, cfg.image_size,
-                                                      cfg.robot_config)))
-            calls.append((f"rm75/{task}", job_demos, (str(data / "rm75" / task), task, "rm75_bimanual",
-                                                      per_seed * cfg.seeds, cfg.image, cfg.image_size,
-                                                      cfg.robot_config)))
-        demos = pool.run("demonstrations", calls)
-        rm65 = [str(data / "rm65" / t / "data") for t in cfg.tasks]
-        rm75 = [str(data / "rm75" / t / "data") for t in cfg.tasks]
-
-        # pre-training (per family) and the pre-training VAEs (per kernel)
-        calls = []
-        for fam, family in cfg.families.items():
-            conf = _merge({"dataset": {"roots": rm65}, "policy": dict(family.policy), "num_workers": 0,
-                           "device": "cpu", "amp": False, "seed": 1000}, family.pretrain)
-            calls.append((f"pretrain/{fam}", job_train, (str(out / "pretrain" / fam), conf, "train")))
-        kernels = sorted({v.kernel for v in cfg.variants if v.method == "ate"})
-        for kernel in kernels:
-            conf = _merge(cfg.align, {"stage": "pre", "dataset": {"roots": rm65}, "steps": cfg.align_pre_steps,
-                                      "loss": {"mmd_kernel": kernel}, "device": "cpu", "baseline": False})
-            calls.append((f"align_pre/{kernel}", job_train, (str(out / "align" / f"pre_{kernel}"), conf, "align")))
-        pool.run("pre-training and pre-training VAEs", calls)
-
-        # adaptation VAEs (per kernel, size, seed; with the no-reverse-KL baseline beside)
-        calls = []
-        for kernel in kernels:
-            for size in cfg.adapt_sizes:
-                if not any(v.method == "ate" and v.kernel == kernel and v.runs_on(f, size)
-                           for v in cfg.variants for f in cfg.families):
-                    continue
-                for s in range(cfg.seeds):
-                    conf = _merge(cfg.align, {
-                        "stage": "ada", "dataset": {"roots": rm75, "episodes": demo_episodes(s, size, per_seed)},
-                        "pre_checkpoint": str(out / "align" / f"pre_{kernel}" / "run"),
-                        "steps": cfg.align_ada_steps, "loss": {"mmd_kernel": kernel}, "device": "cpu",
-                        "baseline": True, "seed": 1000 + s})
-                    calls.append((f"align_ada/{kernel}/n{size}/s{s}",
-                                  job_train, (str(_ada_dir(out, kernel, size, s)), conf, "align")))
-        pool.run("adaptation VAEs", calls)
-
-        # fine-tuning
-        calls = []
-        for fam, family in cfg.families.items():
-            for v in cfg.variants:
-                if v.reuse:
-                    continue
-                for size in cfg.adapt_sizes:
-                    if not v.runs_on(fam, size):
-                        continue
-                    for s in range(cfg.seeds):
-                        conf = _merge({"method": v.method, "init_from": str(out / "pretrain" / fam / "run"),
-                                       "dataset": {"roots": rm75, "episodes": demo_episodes(s, size, per_seed)},
-                                       "num_workers": 0, "device": "cpu", "amp": False, "seed": 2000 + s},
-                                      family.finetune)
-                        conf["save_every"] = max(1, conf["steps"] // cfg.checkpoints)
-                        if v.method == "ate":
-                            vae = _ada_dir(out, v.kernel, size, s) / "run"
-                            if not v.reverse_kl:
-                                vae = vae / "baseline"
-                            conf["ate"] = _merge(conf.get("ate", {}), {**v.ate, "vae": str(vae)})
-                        calls.append((f"finetune/{fam}/{v.name}/n{size}/s{s}", job_train,
-                                      (str(_ft_dir(out, fam, v.name, size, s)), conf, "finetune")))
-        pool.run("fine-tuning", calls)
-
-        # evaluation
-        calls = []
-        for fam, family in cfg.families.items():
-            steps = int(_merge({"steps": 0}, family.finetune)["steps"])
-            marks = _checkpoint_steps(steps, cfg.checkpoints)
-            for v in cfg.variants:
-                trained = v.reuse or v.name
-                for size in cfg.adapt_sizes:
-                    if not v.runs_on(fam, size):
-                        continue
-                    for s in range(cfg.seeds):
-                        run = _ft_dir(out, fam, trained, size, s) / "run" / "checkpoints"
-                        for step in (marks if v.curve else [steps]):
-                            n = cfg.eval_episodes if step == steps else cfg.curve_episodes
-                            for task in cfg.tasks:
-                                folder = _eval_dir(out, fam, v.name, size, s, step, task)
-                                calls.append((str(folder.relative_to(out)), job_eval, (
-                                    str(folder), str(run / f"{step:06d}"), task, eval_seeds(s, n),
-                                    cfg.robot_config, cfg.latency_ms, cfg.time_limit_s, v.inference_guidance)))
-        evals = pool.run("closed-loop evaluation", calls)
-    finally:
-        pool.close()
+    steps = plan(cfg, out)
+    for job in steps:  # before any work: a folder of another config stops the run now
+        _done(Path(job.args[1]), job.args[0])
+    done = _run_jobs(steps, jobs, log)
     results = summarize(cfg, out)
-    results["demonstrations"] = demos
-    results["eval_wall_s"] = round(sum(r["wall_s"] for r in evals.values()), 1)
+    results["demonstrations"] = {k: v for k, v in done.items() if k.startswith("data/")}
+    results["eval_wall_s"] = round(sum(v["wall_s"] for k, v in done.items() if k.startswith("eval/")), 1)
+    results["train_s"] = round(sum(v["train_s"] for v in done.values() if "train_s" in v), 1)
     (out / "results.json").write_text(json.dumps(results, indent=1, sort_keys=True))
     return results
 
 
-def _ada_dir(out: Path, kernel: str, size: int, s: int) -> Path:
-    return out / "align" / f"ada_{kernel}_n{size}_s{s}"
+def _ada_key(kernel: str, size: int, s: int) -> str:
+    return f"align/ada_{kernel}_n{size}_s{s}"
 
 
-def _ft_dir(out: Path, fam: str, variant: str, size: int, s: int) -> Path:
-    return out / "finetune" / fam / variant / f"n{size}_s{s}"
+def _ft_key(fam: str, variant: str, size: int, s: int) -> str:
+    return f"finetune/{fam}/{variant}/n{size}_s{s}"
 
 
-def _eval_dir(out: Path, fam: str, variant: str, size: int, s: int, step: int, task: str) -> Path:
-    return out / "eval" / fam / variant / f"n{size}_s{s}" / f"step{step:06d}" / task
+def _eval_key(fam: str, variant: str, size: int, s: int, step: int, task: str) -> str:
+    return f"eval/{fam}/{variant}/n{size}_s{s}/step{step:06d}/{task}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -502,9 +534,9 @@ def summarize(cfg: BenchConfig, out: os.PathLike | str) -> Dict[str, Any]:
                     for s in range(cfg.seeds):
                         got = [0, 0]
                         for task in cfg.tasks:
-                            r = _done(_eval_dir(out, fam, v.name, size, s, step, task))
+                            r = _done(out / _eval_key(fam, v.name, size, s, step, task))
                             if r is None:
-                                raise FileNotFoundError(f"{_eval_dir(out, fam, v.name, size, s, step, task)}: "
+                                raise FileNotFoundError(f"{out / _eval_key(fam, v.name, size, s, step, task)}: "
                                                         f"no evaluation result")
                             per_task[task][0] += r["successes"]
                             per_task[task][1] += r["episodes"]
