@@ -115,3 +115,12 @@ def test_the_bench_script_refuses_a_bad_config_with_exit_2(tmp_path):
     proc = subprocess.run([sys.executable, str(REPO / "bench" / "cross_embodiment.py"), "--config", str(bad),
                            "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert proc.returncode == 2 and "seedz: unknown key" in proc.stderr
+
+
+def test_a_failing_step_is_named_and_stops_the_run(tmp_path):
+    """A step that fails (here: the robot config it reads is missing) stops the run, named with
+    its folder and the reason; nothing after it runs."""
+    cfg = dataclasses.replace(load_bench_config(SMOKE), robot_config=str(tmp_path / "no_such.yaml"))
+    with pytest.raises(RuntimeError, match=r"data/rm65/pick_place .*no_such.yaml"):
+        run_benchmark(cfg, tmp_path / "out", jobs=1, log=lambda m: None)
+    assert not (tmp_path / "out" / "pretrain").exists()

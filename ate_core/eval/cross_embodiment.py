@@ -353,9 +353,15 @@ def _run_jobs(jobs: Sequence[_Job], workers: int, log: Callable[[str], None]) ->
         if stage[0] == stage[1]:
             log(f"{job.key.split('/')[0]}: {stage[1]} jobs done at {time.perf_counter() - started:.0f} s")
 
+    def outcome(job: _Job, call: Callable[[], Dict[str, Any]]) -> Dict[str, Any]:
+        try:
+            return call()
+        except Exception as e:  # which step failed, then why
+            raise RuntimeError(f"{job.key} ({job.args[1]}): {type(e).__name__}: {e}") from e
+
     if workers <= 1:
         for job in pending:  # built in dependency order
-            finished(job, job.fn(*job.args))
+            finished(job, outcome(job, lambda: job.fn(*job.args)))
         return results
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         running: Dict[Any, _Job] = {}
@@ -368,7 +374,8 @@ def _run_jobs(jobs: Sequence[_Job], workers: int, log: Callable[[str], None]) ->
                     raise RuntimeError(f"jobs wait for jobs that do not exist: {[j.key for j in pending[:3]]}")
                 done, _ = wait(list(running), return_when=FIRST_COMPLETED)
                 for future in done:
-                    finished(running.pop(future), future.result())
+                    job = running.pop(future)
+                    finished(job, outcome(job, future.result))
         except BaseException:
             pool.shutdown(cancel_futures=True)
             raise
