@@ -376,8 +376,10 @@ def _run_jobs(jobs: Sequence[_Job], workers: int, log: Callable[[str], None]) ->
                 for future in done:
                     job = running.pop(future)
                     finished(job, outcome(job, future.result))
-        except BaseException:
-            pool.shutdown(cancel_futures=True)
+        except BaseException:  # a failed step or Ctrl-C: the steps in flight are abandoned now
+            for process in multiprocessing.active_children():
+                process.terminate()
+            pool.shutdown(wait=False, cancel_futures=True)
             raise
     return results
 
