@@ -338,7 +338,8 @@ class _Job:
 
 def _run_jobs(jobs: Sequence[_Job], workers: int, log: Callable[[str], None]) -> Dict[str, Dict[str, Any]]:
     """Every job once its ``after`` jobs are done, ``workers`` at a time (in this process with one
-    worker): evaluation of one checkpoint starts while others still train."""
+    worker), the first ready in ``jobs``' order: evaluation of one checkpoint starts when a
+    worker has no training step left to take."""
     results: Dict[str, Dict[str, Any]] = {}
     pending = list(jobs)
     started = time.perf_counter()
@@ -367,7 +368,11 @@ def _run_jobs(jobs: Sequence[_Job], workers: int, log: Callable[[str], None]) ->
         running: Dict[Any, _Job] = {}
         try:
             while pending or running:
+                # at most one step per worker, the first ready in plan order: every training
+                # step (which unlocks others) before any evaluation
                 for job in [j for j in pending if all(a in results for a in j.after)]:
+                    if len(running) >= workers:
+                        break
                     pending.remove(job)
                     running[pool.submit(job.fn, *job.args)] = job
                 if not running:
