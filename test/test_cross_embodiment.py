@@ -82,6 +82,8 @@ def test_evaluation_scenes_never_overlap_the_demonstrations_or_each_other():
      "families.diffusion.pretrain.policy.unet_down_dims", "expected a list"),
     ({"families": {"flow": {"policy": {"type": "flow"}, "finetune": {"stepz": 3}}}},
      "families.flow.finetune.stepz", "unknown key"),
+    ({"families": {"flow": {"policy": {"type": "flow"}, "finetune": {"lr": 1e-3}}}},
+     "families.flow.finetune.steps", "required"),
     ({"tasks": ["lift_box"]}, "tasks", "two-arm task"),
     ({"pretrain_episodes": 600}, "pretrain_episodes", "where evaluation starts"),
     ({"variants": [{"name": "a", "reuse": "b"}]}, "variants", "not a variant"),

@@ -98,6 +98,12 @@ class Family:
     pretrain: Mapping[str, Any] = field(default_factory=dict)
     finetune: Mapping[str, Any] = field(default_factory=dict)
 
+    @property
+    def finetune_steps(self) -> int:
+        """The fine-tuning's last step (``finetune.steps``, required: the evaluation reads its
+        checkpoints)."""
+        return int(self.finetune["steps"])
+
 
 @dataclass(frozen=True)
 class BenchConfig:
@@ -172,6 +178,9 @@ class BenchConfig:
                 build(data, where)
             except ConfigError as e:
                 yield f"{where}.{e.key}" if e.key else where, e.message
+        for fam, family in self.families.items():
+            if not isinstance(family.finetune.get("steps"), int):
+                yield f"families.{fam}.finetune.steps", "required: an int (the evaluation reads its checkpoints)"
         for v in self.variants:
             try:
                 from ate_core.steer.config import GuidanceConfig
@@ -445,7 +454,6 @@ def plan(cfg: BenchConfig, out: Path) -> List[_Job]:
                 add(_ada_key(kernel, size, s), job_train, (None, conf, "align"), (f"align/pre_{kernel}", *tgt))
 
     for fam, family in cfg.families.items():
-        steps = int(_merge({"steps": 0}, family.finetune)["steps"])
         for v in cfg.variants:
             if v.reuse:
                 continue
@@ -457,7 +465,7 @@ def plan(cfg: BenchConfig, out: Path) -> List[_Job]:
                                    "dataset": {"roots": rm75, "episodes": demo_episodes(s, size, per_seed)},
                                    "num_workers": 0, "device": "cpu", "amp": False, "seed": 2000 + s},
                                   family.finetune)
-                    conf["save_every"] = max(1, steps // cfg.checkpoints)
+                    conf["save_every"] = max(1, family.finetune_steps // cfg.checkpoints)
                     after: Tuple[str, ...] = (f"pretrain/{fam}", *tgt)
                     if v.method == "ate":
                         vae = out / _ada_key(v.kernel, size, s) / "run"
@@ -467,22 +475,27 @@ def plan(cfg: BenchConfig, out: Path) -> List[_Job]:
                         after += (_ada_key(v.kernel, size, s),)
                     add(_ft_key(fam, v.name, size, s), job_train, (None, conf, "finetune"), after)
 
+    for fam, v, size, last, evaluated in _cells(cfg):
+        for s in range(cfg.seeds):
+            trained = _ft_key(fam, v.reuse or v.name, size, s)
+            for step in evaluated:
+                n = cfg.eval_episodes if step == last else cfg.curve_episodes
+                for task in cfg.tasks:
+                    add(_eval_key(fam, v.name, size, s, step, task), job_eval, (
+                        None, str(out / trained / "run" / "checkpoints" / f"{step:06d}"), task,
+                        eval_seeds(s, n), cfg.robot_config, cfg.latency_ms, cfg.time_limit_s,
+                        v.inference_guidance), (trained,))
+    return jobs
+
+
+def _cells(cfg: BenchConfig) -> Iterator[Tuple[str, Variant, int, int, List[int]]]:
+    """(family, variant, size, last step, the steps evaluated) of every cell of the results."""
     for fam, family in cfg.families.items():
-        steps = int(_merge({"steps": 0}, family.finetune)["steps"])
+        last = family.finetune_steps
         for v in cfg.variants:
             for size in cfg.adapt_sizes:
-                if not v.runs_on(fam, size):
-                    continue
-                for s in range(cfg.seeds):
-                    trained = _ft_key(fam, v.reuse or v.name, size, s)
-                    for step in (_checkpoint_steps(steps, cfg.checkpoints) if v.curve else [steps]):
-                        n = cfg.eval_episodes if step == steps else cfg.curve_episodes
-                        for task in cfg.tasks:
-                            add(_eval_key(fam, v.name, size, s, step, task), job_eval, (
-                                None, str(out / trained / "run" / "checkpoints" / f"{step:06d}"), task,
-                                eval_seeds(s, n), cfg.robot_config, cfg.latency_ms, cfg.time_limit_s,
-                                v.inference_guidance), (trained,))
-    return jobs
+                if v.runs_on(fam, size):
+                    yield fam, v, size, last, (_checkpoint_steps(last, cfg.checkpoints) if v.curve else [last])
 
 
 def run_benchmark(cfg: BenchConfig, out: os.PathLike | str, *, jobs: int = 2,
@@ -534,37 +547,32 @@ def summarize(cfg: BenchConfig, out: os.PathLike | str) -> Dict[str, Any]:
     The average's interval pools every episode; it treats the tasks' episodes as one sample."""
     out = Path(out)
     cells: List[Dict[str, Any]] = []
-    for fam, family in cfg.families.items():
-        steps = int(_merge({"steps": 0}, family.finetune)["steps"])
-        for v in cfg.variants:
-            for size in cfg.adapt_sizes:
-                if not v.runs_on(fam, size):
-                    continue
-                curve = []
-                final: Dict[str, Any] = {}
-                for step in (_checkpoint_steps(steps, cfg.checkpoints) if v.curve else [steps]):
-                    per_task: Dict[str, List[int]] = {t: [0, 0] for t in cfg.tasks}
-                    per_seed = []
-                    for s in range(cfg.seeds):
-                        got = [0, 0]
-                        for task in cfg.tasks:
-                            r = _done(out / _eval_key(fam, v.name, size, s, step, task))
-                            if r is None:
-                                raise FileNotFoundError(f"{out / _eval_key(fam, v.name, size, s, step, task)}: "
-                                                        f"no evaluation result")
-                            per_task[task][0] += r["successes"]
-                            per_task[task][1] += r["episodes"]
-                            got[0] += r["successes"]
-                            got[1] += r["episodes"]
-                        per_seed.append(got[0] / got[1])
-                    total = [sum(v_[0] for v_ in per_task.values()), sum(v_[1] for v_ in per_task.values())]
-                    point = {"step": step, "average": _rate(*total),
-                             "tasks": {t: _rate(*c) for t, c in per_task.items()}, "per_seed": per_seed}
-                    curve.append(point)
-                    if step == steps:
-                        final = point
-                cells.append({"family": fam, "variant": v.name, "size": size, "final": final,
-                              "curve": curve if v.curve else []})
+    for fam, v, size, last, evaluated in _cells(cfg):
+        curve = []
+        final: Dict[str, Any] = {}
+        for step in evaluated:
+            per_task: Dict[str, List[int]] = {t: [0, 0] for t in cfg.tasks}
+            per_seed = []
+            for s in range(cfg.seeds):
+                got = [0, 0]
+                for task in cfg.tasks:
+                    r = _done(out / _eval_key(fam, v.name, size, s, step, task))
+                    if r is None:
+                        raise FileNotFoundError(f"{out / _eval_key(fam, v.name, size, s, step, task)}: "
+                                                f"no evaluation result")
+                    per_task[task][0] += r["successes"]
+                    per_task[task][1] += r["episodes"]
+                    got[0] += r["successes"]
+                    got[1] += r["episodes"]
+                per_seed.append(got[0] / got[1])
+            total = [sum(v_[0] for v_ in per_task.values()), sum(v_[1] for v_ in per_task.values())]
+            point = {"step": step, "average": _rate(*total),
+                     "tasks": {t: _rate(*c) for t, c in per_task.items()}, "per_seed": per_seed}
+            curve.append(point)
+            if step == last:
+                final = point
+        cells.append({"family": fam, "variant": v.name, "size": size, "final": final,
+                      "curve": curve if v.curve else []})
     return {"benchmark": cfg.name, "tasks": list(cfg.tasks), "seeds": cfg.seeds,
             "eval_episodes": cfg.eval_episodes, "curve_episodes": cfg.curve_episodes,
             "latency_ms": cfg.latency_ms, "time_limit_s": cfg.time_limit_s, "cells": cells}
