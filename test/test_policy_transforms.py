@@ -118,6 +118,21 @@ def test_constant_dims_normalise_to_zero_without_inf_or_nan(mode):
     np.testing.assert_allclose(Unnormalize(NormStats.from_data(x), mode)(y), x, atol=1e-6)
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_a_constant_dim_comes_back_as_its_constant_whatever_the_model_says(mode):
+    # The idle arm of a one-arm task: a model's usual error in normalised units must not come
+    # back as radians of motion; the varying dims keep the exact inverse.
+    x = np.random.default_rng(3).normal(size=(50, 3)).astype(np.float32)
+    x[:, 1] = 1.6
+    stats = NormStats.from_data(x)
+    y = Normalize(stats, mode)(x) + np.float32(0.2)
+    back = Unnormalize(stats, mode)(y)
+    np.testing.assert_array_equal(back[:, 1], np.float32(1.6))
+    assert np.all(np.abs(back[:, [0, 2]] - x[:, [0, 2]]) > 1e-3)  # moved by the 0.2
+    t = Unnormalize(stats, mode)(torch.from_numpy(y))
+    np.testing.assert_array_equal(t.numpy(), back)
+
+
 def test_stats_dict_round_trip_is_bit_exact(tmp_path):
     s = NormStats.from_data(np.random.default_rng(3).normal(size=(20, 7)).astype(np.float32))
     back = NormStats.from_dict(s.to_dict())

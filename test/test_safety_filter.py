@@ -382,6 +382,21 @@ def test_gripper_is_clamped_to_its_opening_range():
     assert end.positions[RIGHT_GRIPPER] == CFG.gripper.max_opening_m
 
 
+def test_a_float32_rounding_past_a_limit_is_clipped_but_not_reported():
+    # A float32 chunk holding the gripper fully open asks for 0.07000000029 m: clipped to the
+    # limit, but not an intervention every tick.
+    start = HOME.copy()
+    start[RIGHT_GRIPPER] = CFG.gripper.max_opening_m
+    target = start.copy()
+    target[RIGHT_GRIPPER] = float(np.float32(CFG.gripper.max_opening_m))
+    assert target[RIGHT_GRIPPER] > CFG.gripper.max_opening_m
+    result = FILTER.clamp(target, start, REST)
+    assert result.positions[RIGHT_GRIPPER] == CFG.gripper.max_opening_m
+    assert result.interventions == ()
+    target[RIGHT_GRIPPER] = CFG.gripper.max_opening_m + 1e-4  # a real excess still counts
+    assert Intervention("gripper_range", "right") in FILTER.clamp(target, start, REST).interventions
+
+
 def test_holding_still_is_always_accepted():
     for name, q in STARTS.items():
         result = FILTER.clamp(q, q, REST)

@@ -40,6 +40,9 @@ Transform = Callable[[Array], Array]
 STD_EPS = 1e-6
 #: A max - min below this is a constant dim in min_max mode: shift only, as Diffusion Policy does.
 RANGE_EPS = 1e-6
+# Unnormalize returns a constant dim's value whatever the model says: the data never moved it
+# (the idle arm of a one-arm task), so nothing learnt can say where else to put it, and a
+# model's usual error in normalised units would otherwise come back undivided, in radians.
 
 
 # ------------------------------------------------------------------------------------ transforms
@@ -48,7 +51,8 @@ _MODES = ("mean_std", "min_max")
 
 
 def _affine(stats: NormStats, mode: str) -> Tuple[np.ndarray, ...]:
-    """(sub, den, mul, off) with normalised = mul * (x - sub) / den - off.
+    """(sub, den, mul, off, keep) with normalised = mul * (x - sub) / den - off, and
+    native = (y + off) * den * keep / mul + sub (``keep`` 0 on constant dims, else 1).
 
     mean_std: (x - mean) / std, std < STD_EPS treated as 1. min_max: 2 (x - min) / (max - min) - 1
     into [-1, 1] (Diffusion Policy); written this way, not as a precomputed scale, so the data's
@@ -56,14 +60,19 @@ def _affine(stats: NormStats, mode: str) -> Tuple[np.ndarray, ...]:
     x - min, so its value maps to 0, as Diffusion Policy's ``range_eps`` does.
     """
     if mode == "mean_std":
-        den = np.where(stats.std < STD_EPS, np.float32(1), stats.std)
-        return stats.mean, den, np.ones_like(den), np.zeros_like(den)
+        const = stats.std < STD_EPS
+        den = np.where(const, np.float32(1), stats.std)
+        return stats.mean, den, np.ones_like(den), np.zeros_like(den), _keep(const)
     rng = stats.max - stats.min
     const = rng < RANGE_EPS
     den = np.where(const, np.float32(1), rng)
     mul = np.where(const, np.float32(1), np.float32(2))
     off = np.where(const, np.float32(0), np.float32(1))
-    return stats.min, den, mul, off
+    return stats.min, den, mul, off, _keep(const)
+
+
+def _keep(const: np.ndarray) -> np.ndarray:
+    return np.where(const, np.float32(0), np.float32(1))
 
 
 @dataclass(frozen=True, eq=False)
@@ -83,7 +92,8 @@ class _AffineBase:
         object.__setattr__(self, "_torch_params", {})
 
     def _prepare(self, x: Array) -> Tuple[Array, Tuple[Array, ...]]:
-        """``x`` as an array or tensor, and (sub, den, mul, off) in its dtype and on its device."""
+        """``x`` as an array or tensor, and (sub, den, mul, off, keep) in its dtype and on its
+        device."""
         torch = torch_module(x)
         if torch is None:
             x = np.asarray(x)
@@ -111,7 +121,7 @@ class Normalize(_AffineBase):
     """Data units -> the policy's normalised space (``mode`` "mean_std" or "min_max")."""
 
     def __call__(self, x: Array) -> Array:
-        x, (sub, den, mul, off) = self._prepare(x)
+        x, (sub, den, mul, off, _) = self._prepare(x)
         return mul * (x - sub) / den - off
 
     def inverse(self) -> "Unnormalize":
@@ -120,11 +130,13 @@ class Normalize(_AffineBase):
 
 @dataclass(frozen=True, eq=False)
 class Unnormalize(_AffineBase):
-    """Exact inverse of :class:`Normalize` with the same stats and mode."""
+    """Inverse of :class:`Normalize` with the same stats and mode: exact on varying dims; a
+    constant dim (std < STD_EPS, or range < RANGE_EPS) comes back as its constant, whatever
+    ``y`` holds there (see RANGE_EPS)."""
 
     def __call__(self, y: Array) -> Array:
-        y, (sub, den, mul, off) = self._prepare(y)
-        return (y + off) * den / mul + sub
+        y, (sub, den, mul, off, keep) = self._prepare(y)
+        return (y + off) * (den * keep) / mul + sub
 
     def inverse(self) -> Normalize:
         return Normalize(self.stats, self.mode)

@@ -30,6 +30,10 @@ _RULE = {rule: i for i, rule in enumerate(RULES)}
 # differ in the last bits); far below anything physical.
 _ROUNDING_M = 1e-9
 _ROUNDING_RAD = 1e-9
+# A target past a limit by less than this is clipped but not reported: float32 chunks put a
+# limit such as the gripper's 0.07 m a few 1e-9 beyond it (an idle gripper held open would
+# count an intervention every tick). Far below any resolution of the arms.
+_REPORT_SLACK = 1e-6
 
 
 @dataclass(frozen=True)
@@ -198,7 +202,7 @@ class SafetyFilter:
         lo = np.minimum(self.lower, prev)
         hi = np.maximum(self.upper, prev)
         q = np.clip(target, lo, hi)
-        clipped = q != target
+        clipped = np.abs(q - target) > _REPORT_SLACK
         hits[_RULE["joint_limit"]] |= self._per_arm(clipped & ~self._gripper)
         hits[_RULE["gripper_range"]] |= self._per_arm(clipped & self._gripper)
 
