@@ -158,8 +158,11 @@ def controllers_of(spec: SimHardware) -> Tuple[EmulatorSpec, ...]:
 
 def robot_graph(cfg: BimanualConfig, config_file: str, urdf_xml: Optional[str] = None,
                 sim: bool = False, checkpoint: str = "",
-                twin: Optional[bool] = None) -> List[NodeSpec]:
+                twin: Optional[bool] = None, record: bool = False) -> List[NodeSpec]:
     """Every node of the bimanual robot, in start order.
+
+    ``record``: the episode recorder too (``/recorder/start``, ``/recorder/stop``,
+    ``/recorder/discard``), in a process of its own.
 
     The supervisor comes last and starts idle: nothing moves until ``/ate/engage``. The inference
     node runs only when a checkpoint is named: ``checkpoint`` (the launch argument), else the
@@ -186,6 +189,8 @@ def robot_graph(cfg: BimanualConfig, config_file: str, urdf_xml: Optional[str] =
             params["inference.checkpoint"] = checkpoint
         specs.append(NodeSpec("inference_node", "inference", parameters=params))
     specs.append(NodeSpec("supervisor_node", "supervisor", parameters={"config_file": config_file}))
+    if record:
+        specs.append(NodeSpec("recorder_node", "recorder", parameters={"config_file": config_file}))
     if urdf_xml is not None:
         specs.append(NodeSpec("robot_state_publisher", "robot_state_publisher",
                               package="robot_state_publisher",

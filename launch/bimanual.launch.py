@@ -1,5 +1,6 @@
 """The dual-arm robot: ``ros2 launch ate_ros bimanual.launch.py [sim:=true] [config_file:=...]
-[checkpoint:=...] [rviz:=true] [twin:=false] [task:=NAME] [seed:=S] [emulator_log_dir:=...]``.
+[checkpoint:=...] [rviz:=true] [record:=true] [twin:=false] [task:=NAME] [seed:=S]
+[emulator_log_dir:=...]``.
 
 Everything starts idle: the supervisor commands nothing until ``/ate/engage`` is called
 (``ros2 service call /ate/engage std_srvs/srv/SetBool "{data: true}"``); ``/ate/estop`` latches a
@@ -15,6 +16,10 @@ task's scene, reset with ``seed:=S`` (default 0) at start, and episodes: ``/twin
 (std_srvs/Trigger) resets the scene with the next seed (S, S+1, ...) and the arms to home,
 ``/twin/check`` answers the task's success check (``ros2 service call /twin/check
 std_srvs/srv/Trigger``).
+``record:=true`` adds the episode recorder (one rosbag2 MCAP bag per take, in the config's
+``recorder.output_dir``): ``ros2 param set /recorder task "..."``, then ``ros2 service call
+/recorder/start std_srvs/srv/Trigger``, and ``/recorder/stop`` (std_srvs/SetBool, ``data``: the
+take succeeded) or ``/recorder/discard``.
 ``emulator_log_dir:=DIR`` has each emulator write what it received to
 ``DIR/emulator_<arm>.jsonl`` (JSON lines; tests read them).
 
@@ -86,7 +91,7 @@ def _robot_nodes(context):
     except ValueError:
         raise ValueError(f"launch argument seed: {seed_arg!r} is not an integer") from None
     specs = robot_graph(cfg, config_file, urdf_xml=urdf, sim=sim, checkpoint=checkpoint,
-                        twin=twin)
+                        twin=twin, record=_flag(context, "record"))
 
     # Every package check comes before any action: a missing package is skipped with a line,
     # never a failure after the nodes before it have started.
@@ -147,6 +152,9 @@ def generate_launch_description():
                                           "no inference node)"),
         DeclareLaunchArgument("rviz", default_value="false",
                               description="start RViz (where rviz2 is installed)"),
+        DeclareLaunchArgument("record", default_value="false",
+                              description="start the episode recorder (/recorder/start, "
+                                          "/recorder/stop, /recorder/discard)"),
         DeclareLaunchArgument("twin", default_value="",
                               description="sim: the controllers on the MuJoCo twin's physics "
                                           "and the cameras on its render (true), or idealised "

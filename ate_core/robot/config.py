@@ -22,7 +22,8 @@ from ate_core.robot.models import ARM_MODELS, GRIPPER_MAX_OPENING_M, arm_model
 
 __all__ = ["MountConfig", "ArmConfig", "ArmsConfig", "GripperConfig", "TopicsConfig", "EndpointConfig",
            "SimArmsConfig", "SimConfig", "CameraConfig", "InferenceConfig", "ExecutorConfig", "WorkspaceBox",
-           "SafetyConfig", "WatchdogConfig", "SupervisorConfig", "BimanualConfig", "simulated", "load_config"]
+           "SafetyConfig", "WatchdogConfig", "SupervisorConfig", "RecorderConfig", "BimanualConfig", "simulated",
+           "load_config"]
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
@@ -334,6 +335,32 @@ class SupervisorConfig:
 
 
 @dataclass(frozen=True)
+class RecorderConfig:
+    """The episode recorder: one rosbag2 (MCAP) bag per take, its flushes and its audit."""
+
+    output_dir: str = checked("~/ate_episodes", check=nonempty,
+                              doc="folder of the takes, one bag folder each (~ is expanded)")
+    flush_period_s: float = checked(0.5, check=in_range(0.05, 10.0),
+                                    doc="recorded messages reach the disk at least this often: "
+                                        "the most a crash of the recorder can lose, s")
+    min_free_disk_gb: float = checked(2.0, check=in_range(0.0, 100000.0),
+                                      doc="a take does not start with less free space than this "
+                                          "on output_dir's disk, and stops (saved) below half, GB")
+    max_duration_s: float = checked(900.0, check=in_range(1.0, 86400.0),
+                                    doc="a take running this long is stopped and saved, s")
+    record_chunks: bool = checked(True, doc="record the policy's action chunks")
+    record_diagnostics: bool = checked(True, doc="record /diagnostics")
+    min_rate_fraction: float = checked(0.9, check=in_range(0.0, 1.0),
+                                       doc="audit: a joint-state or camera stream below this "
+                                           "fraction of its rate is a problem")
+    max_gap_s: float = checked(0.5, check=in_range(0.001, 3600.0),
+                               doc="audit: a longer gap in a joint-state or camera stream is a "
+                                   "problem, s")
+    reject_on_audit: bool = checked(False, doc="audit: a take with a problem is rejected (kept, "
+                                               "marked, left out of conversion), not flagged")
+
+
+@dataclass(frozen=True)
 class BimanualConfig:
     """The whole robot: both arms, their layout, and the names the nodes use."""
 
@@ -345,6 +372,7 @@ class BimanualConfig:
     inference: InferenceConfig = InferenceConfig()
     supervisor: SupervisorConfig = SupervisorConfig()
     sim: SimConfig = SimConfig()
+    recorder: RecorderConfig = RecorderConfig()
 
     def problems(self) -> Iterator[Problem]:
         sides = {side for side, _ in self.arms.items()}
