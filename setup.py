@@ -32,6 +32,7 @@ TOOLS = {
     "ate_finetune": "ate_core.steer.cli:main",
     "ate_synthetic_dataset": "ate_core.data.synthetic:main",
     "ate_bag": "ate_core.data.bag:main",
+    "ate_convert": "ate_core.data.convert:main",
 }
 
 setup(

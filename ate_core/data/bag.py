@@ -376,14 +376,13 @@ class BagReader:
 
     def raw(self, topics: Optional[Sequence[str]] = None) -> Iterator[Tuple[str, int, bytes]]:
         """``(topic, log_time_ns, cdr_bytes)`` in log-time order."""
-        from rosbags.rosbag2.errors import ReaderError
-
         wanted = [c for c in self._reader.connections if topics is None or c.topic in topics]
         try:
             for conn, log_ns, data in self._reader.messages(connections=wanted):
                 yield conn.topic, int(log_ns), data
-        except (ReaderError, OSError, ValueError, EOFError) as e:
-            raise BagError(self.path, f"unreadable after some messages: {e}") from None
+        except Exception as e:  # noqa: BLE001 - a damaged file fails in rosbags, zstd or struct
+            raise BagError(self.path, f"unreadable after some messages: "
+                                      f"{type(e).__name__}: {e}") from None
 
     def messages(self, topics: Optional[Sequence[str]] = None) -> Iterator[Tuple[str, int, Any]]:
         """``(topic, log_time_ns, message)``, deserialized (rosbags' message classes: the same
