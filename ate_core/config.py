@@ -37,6 +37,9 @@ class ConfigError(ValueError):
         where = f"{source}: {key}" if key else source
         super().__init__(f"{where}: {message}")
 
+    def __reduce__(self):  # pickled whole: a worker process's error reaches its parent intact
+        return type(self), (self.source, self.key, self.message)
+
 
 # ---------------------------------------------------------------------------------------------
 # Field checks: attached through dataclass field metadata, run after the type is right.

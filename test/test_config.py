@@ -137,3 +137,21 @@ def test_flat_parameters_round_trip_and_are_validated_like_the_file():
         replace_in(cfg, {"arms.left.ip": "robot-left"}, source="parameters")
     with pytest.raises(ConfigError, match="arms.left.colour: unknown key"):
         replace_in(cfg, {"arms.left.colour": "red"})
+
+
+def test_errors_keep_their_message_across_a_process_boundary():
+    # A benchmark or data-loader worker's error is pickled to its parent: it must arrive whole,
+    # not as a TypeError from the error's own constructor.
+    import pickle
+
+    from ate_core.data.bag import BagError
+    from ate_core.data.convert import ConversionError
+    from ate_core.data.episode import EpisodeFormatError
+
+    for error in (ConfigError("config/bimanual.yaml", "arms.left.ip", "not an IPv4 address"),
+                  EpisodeFormatError("info.json", "fps: expected a positive number"),
+                  BagError("episode_000001", "has no metadata.yaml"),
+                  ConversionError("episode_000002", "no robot contract")):
+        back = pickle.loads(pickle.dumps(error))
+        assert type(back) is type(error) and str(back) == str(error)
+        assert back.message == error.message

@@ -63,6 +63,9 @@ class BagError(ValueError):
         self.path = str(path)
         self.message = message
 
+    def __reduce__(self):  # pickled whole: a worker process's error reaches its parent intact
+        return type(self), (self.path, self.message)
+
 
 _TYPESTORE: Any = None
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -48,6 +48,9 @@ class ConversionError(ValueError):
         super().__init__(f"{bag}: {message}")
         self.bag = str(bag)
         self.message = message
+
+    def __reduce__(self):  # pickled whole: a worker process's error reaches its parent intact
+        return type(self), (self.bag, self.message)
 
 
 @dataclass

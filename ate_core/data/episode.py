@@ -91,6 +91,9 @@ class EpisodeFormatError(ValueError):
         self.source, self.message = str(source), message
         super().__init__(f"{source}: {message}")
 
+    def __reduce__(self):  # pickled whole: a worker process's error reaches its parent intact
+        return type(self), (self.source, self.message)
+
 
 def default_joint_names(embodiment: str) -> Tuple[str, ...]:
     """The native joint order of a known embodiment (``ate_core.robot.layout``'s naming).
