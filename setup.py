@@ -33,6 +33,7 @@ TOOLS = {
     "ate_synthetic_dataset": "ate_core.data.synthetic:main",
     "ate_bag": "ate_core.data.bag:main",
     "ate_convert": "ate_core.data.convert:main",
+    "ate_lerobot_export": "ate_core.data.lerobot:main",
 }
 
 setup(
