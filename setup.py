@@ -34,6 +34,7 @@ TOOLS = {
     "ate_bag": "ate_core.data.bag:main",
     "ate_convert": "ate_core.data.convert:main",
     "ate_lerobot_export": "ate_core.data.lerobot:main",
+    "ate_replay_eval": "ate_core.eval.replay:main",
 }
 
 setup(

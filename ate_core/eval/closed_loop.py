@@ -86,7 +86,7 @@ from ate_core.twin.tasks import Task
 from ate_core.twin.twin import Twin
 
 __all__ = ["EvalError", "DEFAULT_LATENCY_MS", "EVAL_SEED", "eval_config", "load_policy",
-           "check_fit", "run_episode", "evaluate"]
+           "check_fit", "run_episode", "evaluate", "supervisor_counts"]
 
 #: Inference latency in simulated time unless told otherwise (see the module docstring).
 DEFAULT_LATENCY_MS = 100.0
@@ -168,7 +168,7 @@ class _Periodic:
         return int(round(self.k * self.period_ns))
 
 
-def _count(counts: Counter) -> Tuple[Dict[str, int], Dict[str, int], int]:
+def supervisor_counts(counts: Counter) -> Tuple[Dict[str, int], Dict[str, int], int]:
     """The supervisor's counts as (safety interventions, faults, late points dropped): late
     points are what a latency costs every chunk, not a fault."""
     interventions: Dict[str, int] = {}
@@ -281,7 +281,7 @@ def run_episode(policy: ChunkPolicy, task: Task, seed: int, *, twin: Twin, cfg: 
 
         if strip is not None:
             strip.add(now / 1e9, twin, last=True)
-    interventions, faults, late = _count(supervisor.counts)
+    interventions, faults, late = supervisor_counts(supervisor.counts)
     return EpisodeResult(
         seed=int(seed), success=outcome.success,
         time_to_success_s=None if success_ns is None else success_ns / 1e9,
