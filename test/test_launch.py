@@ -83,6 +83,7 @@ def _config_on_free_endpoints(path: Path) -> Path:
     for side in ("left", "right"):
         data["sim"]["arms"][side] = {"ip": next_loopback_ip(), "tcp_port": free_port(),
                                      "udp_port": free_udp_port()}
+    data["recorder"].update(output_dir=str(path.parent / "takes"), min_free_disk_gb=0.0)
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
 
@@ -134,6 +135,32 @@ def test_sim_launch_runs_the_robot_and_stops_it_on_sigint(workspace, tmp_path):
     assert "sudo apt install ros-" in skip[0] and "-robot-state-publisher" in skip[0]
     assert "not starting rviz2: package 'rviz2' is not installed" in out  # rviz:=true
     assert "Traceback" not in out
+    _check_the_recorded_take(tmp_path / "takes" / "episode_000000", tmp_path / "dataset")
+
+
+def _check_the_recorded_take(bag: Path, dataset: Path) -> None:
+    """The take recorded while the launch's arms moved: it opens with rosbags and with MCAP's
+    reader, holds every stream, and converts with as-of aligned, monotone timestamps."""
+    from mcap.reader import make_reader
+
+    from ate_core.data.bag import BagReader
+    from ate_core.data.convert import bag_to_episode, convert_bags
+
+    with BagReader(bag) as reader:
+        assert reader.info["status"] == "saved" and reader.info["success"] is True
+        streams = reader.info["contract"]["streams"]
+        for topic, stream in streams.items():
+            if stream["role"] in ("state", "command", "image", "joint_states"):
+                assert reader.counts.get(topic, 0) > 0, f"nothing recorded on {topic}"
+    with open(bag / f"{bag.name}.mcap", "rb") as f:
+        summary = make_reader(f).get_summary()
+        assert {c.topic for c in summary.channels.values()} == set(streams)
+    converted = bag_to_episode(bag, fps=10.0)
+    assert converted.episode.length >= 5  # the arms moved for a second or two
+    assert all((used <= converted.times_ns).all() for used in converted.used_stamps_ns.values())
+    assert (converted.episode.timestamp_s[1:] > converted.episode.timestamp_s[:-1]).all()
+    report = convert_bags([bag], dataset)
+    assert len(report.written) == 1 and not report.failed
 
 
 @pytest.mark.timeout(LAUNCH_TEST_TIMEOUT_S + 60)

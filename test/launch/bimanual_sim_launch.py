@@ -2,8 +2,9 @@
 
 Run by test/test_launch.py under `launch_test` (the workspace colcon-built; neither
 robot_state_publisher nor rviz2 installed, and `rviz:=true`). The active tests run in order
-against one launch: the graph is up, the state and camera topics flow, engage moves both arms
-along the chunks, the e-stop latches until re-arm, and a second engage leaves the arms commanded
+against one launch (with ``record:=true``): the graph is up, the state and camera topics flow,
+engage moves both arms along the chunks while a take is recorded (test_launch.py then reads
+and converts the bag), the e-stop latches until re-arm, and a second engage leaves the arms commanded
 when the launch is shut down. The post-shutdown tests then check that SIGINT ended every process
 with 0 and left none running, and that each emulated controller heard a stop after that second
 engage and no command after the stop.
@@ -43,7 +44,7 @@ REENGAGE_S = 2.0
 
 def generate_test_description():
     return LaunchDescription([
-        bimanual_launch(sim="true", rviz="true", config_file=CONFIG_FILE,
+        bimanual_launch(sim="true", rviz="true", record="true", config_file=CONFIG_FILE,
                         emulator_log_dir=EMULATOR_LOG_DIR),
         launch_testing.actions.ReadyToTest(),
     ])
@@ -126,7 +127,7 @@ class TestBimanualSim(unittest.TestCase):
     # ---- the tests, in order ------------------------------------------------------------------
 
     def test_1_every_node_of_the_graph_is_up(self):
-        expected = expected_nodes(self.cfg, with_urdf=False)
+        expected = expected_nodes(self.cfg, with_urdf=False, record=True)
         self.ros.wait_for_graph(expected)
 
     def test_2_joint_states_and_camera_info_arrive(self):
@@ -154,11 +155,16 @@ class TestBimanualSim(unittest.TestCase):
         target = self.stepped(start, STEP_RAD)
         self.chunks.aim(start, target, ramp_s=1.5)
         sent = {side: c.count for side, c in self.commands.items()}
+        take = self.ros.call(Trigger, "/recorder/start")  # the take test_launch.py converts
+        self.assertTrue(take.success, take.message)
         answer = self.engage_accepted()
         self.assertTrue(answer.success, answer.message)
         self.wait_until_at(target, f"both arms at {STEP_RAD} rad on joint1")
         for side in SIDES:
             self.assertGreater(self.commands[side].count, sent[side], f"commands to the {side} arm")
+        saved = self.ros.call(SetBool, "/recorder/stop", SetBool.Request(data=True))
+        self.assertTrue(saved.success, saved.message)
+        self.assertIn("saved episode_000000: success=True", saved.message)
 
     def test_4_estop_latches_until_rearm(self):
         # Chunks that would take the arms back: the e-stop must hold them all the same.

@@ -58,9 +58,10 @@ def full_name(spec: NodeSpec) -> str:
     return f"{spec.namespace.rstrip('/')}/{spec.name}" if spec.namespace else f"/{spec.name}"
 
 
-def expected_nodes(cfg: BimanualConfig, with_urdf: bool) -> List[str]:
+def expected_nodes(cfg: BimanualConfig, with_urdf: bool, record: bool = False) -> List[str]:
     urdf = "<robot/>" if with_urdf else None
-    return sorted(full_name(s) for s in robot_graph(cfg, CONFIG_FILE, urdf_xml=urdf, sim=True))
+    return sorted(full_name(s) for s in robot_graph(cfg, CONFIG_FILE, urdf_xml=urdf, sim=True,
+                                                    record=record))
 
 
 def joint_names(cfg: BimanualConfig) -> Dict[str, Tuple[str, ...]]:
