@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 from sensor_msgs.msg import CompressedImage, Image
 
+from ate_core.data.episode import decode_jpeg
 from ate_ros.conversions import ns_to_stamp
 
 __all__ = ["ImageFormatError", "rgb_to_image", "image_to_rgb", "rgb_to_jpeg", "jpeg_to_rgb"]
@@ -66,8 +67,10 @@ def rgb_to_jpeg(rgb: np.ndarray, stamp_ns: int, frame_id: str, quality: int = 90
 
 
 def jpeg_to_rgb(msg: CompressedImage) -> np.ndarray:
-    bgr = cv2.imdecode(np.frombuffer(bytes(msg.data), dtype=np.uint8), cv2.IMREAD_COLOR)
-    if bgr is None:
+    """The frame of a ``jpeg`` CompressedImage, decoded as conversion and offline replay decode
+    the recorded ones (one decoder: the same bytes give the same pixels everywhere)."""
+    rgb = decode_jpeg(bytes(msg.data))
+    if rgb is None:
         raise ImageFormatError(f"compressed image ({msg.format!r}, {len(msg.data)} bytes) "
                                f"does not decode")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return rgb

@@ -235,6 +235,10 @@ class InferenceConfig:
     action_period_s: float = checked(0.0, check=in_range(0.0, 1.0),
                                      doc="time between chunk points, s (0: the checkpoint's fps)")
     torch_threads: int = checked(2, check=in_range(1, 256), doc="torch intra-op threads")
+    image_transport: str = checked("raw", check=one_of("raw", "compressed"),
+                                   doc="the camera stream the policy reads: raw (image_raw) or "
+                                       "compressed (image_raw/compressed, the JPEG the recorder "
+                                       "keeps: offline replay then sees the same pixels)")
     nice: int = checked(10, check=in_range(0, 19),
                         doc="the worker's niceness: the model yields the CPU to the control loop")
     warmup_runs: int = checked(2, check=in_range(0, 100),

@@ -27,7 +27,7 @@ from rclpy.logging import get_logger
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-from sensor_msgs.msg import Image, JointState
+from sensor_msgs.msg import CompressedImage, Image, JointState
 from trajectory_msgs.msg import JointTrajectory
 from visualization_msgs.msg import MarkerArray
 
@@ -40,7 +40,7 @@ from ate_core.runtime.policy_runner import PolicyRunner
 from ate_ros.chunk_msgs import chunk_to_trajectory
 from ate_ros.conversions import ns_to_stamp, stamp_to_ns
 from ate_ros.diagnostics import ERROR, OK, STALE, WARN, diagnostic_array, diagnostic_status
-from ate_ros.images import image_to_rgb
+from ate_ros.images import image_to_rgb, jpeg_to_rgb
 from ate_ros.markers import chunk_markers
 from ate_ros.node_host import run_nodes
 from ate_ros.params import declare_config
@@ -76,7 +76,9 @@ class InferenceNode(Node):
                               f"({self.runner.env_state_dim} env_state columns: object poses a "
                               f"simulation knows), which no robot topic carries; run it with "
                               f"python -m ate_core.eval on the twin")
-        self.loop = InferenceLoop(self.runner, cfg, decode_image=image_to_rgb,
+        compressed = cfg.inference.image_transport == "compressed"
+        self.loop = InferenceLoop(self.runner, cfg,
+                                  decode_image=jpeg_to_rgb if compressed else image_to_rgb,
                                   joint_positions=_joint_positions)
         self._sync_lock = threading.Lock()  # the executor adds samples while the worker takes windows
         self._layout = layout_from_config(cfg)
@@ -87,7 +89,9 @@ class InferenceNode(Node):
         self._marker_pub = self.create_publisher(MarkerArray, cfg.topics.markers, 10)
         self._diag_pub = self.create_publisher(DiagnosticArray, cfg.topics.diagnostics, 10)
         for cam in self.loop.cameras:
-            self.create_subscription(Image, f"{cfg.topics.cameras}/{cam}/image_raw",
+            self.create_subscription(CompressedImage if compressed else Image,
+                                     f"{cfg.topics.cameras}/{cam}/image_raw"
+                                     + ("/compressed" if compressed else ""),
                                      lambda msg, s=cam: self._store(s, msg), qos_profile_sensor_data)
         for source in self.loop.arms:
             self.create_subscription(JointState, f"/{source}/{cfg.topics.arm_joint_states}",
