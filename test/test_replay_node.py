@@ -3,7 +3,6 @@ recorded time (scaled by the rate), from the start offset on; /clock carries the
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 from rclpy.parameter import Parameter
 from rclpy.serialization import serialize_message
@@ -75,12 +74,11 @@ def test_a_replay_publishes_every_message_in_order_and_never_early(ros, tmp_path
     assert got_states == want_states[len(want_states) - len(got_states):]
     assert got_images == want_images[len(want_images) - len(got_images):]
     assert len(got_states) >= len(want_states) // 2
-    # Never early: from the first received message on, arrival spacing is at least the
-    # recorded spacing divided by the rate (less a little for clock granularity).
-    logs = {v: log for t, log, v in expect if t.endswith("joint_states")}
-    arrive = np.array(states.times)
-    recorded = np.array([logs[v] for v in got_states]) * 1e-9 / rate
-    assert np.all((arrive - arrive[0]) >= (recorded - recorded[0]) - 0.002)
+    # Never early: each message went out at or after its due time (the replay's own clock),
+    # and the subscriber's arrivals, whatever a busy machine delayed, kept the recorded order.
+    # (The subscriber's arrival times are not the measure: a busy executor delays some and
+    # then delivers a burst.) The schedule itself is ReplayTiming's, tested above.
+    assert node.min_lateness_s >= 0.0
     # /clock: the bag's time, increasing, within the played span.
     stamps = [m.clock.sec * S + m.clock.nanosec for m in clock.messages]
     assert stamps and all(b >= a for a, b in zip(stamps, stamps[1:]))

@@ -77,6 +77,10 @@ class ReplayNode(Node):
         self._clock_pub = self.create_publisher(Clock, "/clock", 10) if self.clock else None
         self._clock_period_s = 1.0 / clock_hz
         self.published = 0
+        #: How late messages went out after their due time, s: the least (never below 0: a
+        #: replay never publishes early) and the most (a replay falling behind shows here).
+        self.min_lateness_s = float("inf")
+        self.max_lateness_s = 0.0
         self.passes = 0
         self.finished = False
         self.failure = ""
@@ -112,12 +116,15 @@ class ReplayNode(Node):
                 for topic, log_ns, data in self._reader.raw(self.topics):
                     if not self.timing.plays(log_ns):
                         continue
-                    if not self._wait_until(started + self.timing.due_s(log_ns, self.passes),
-                                            started):
+                    due = started + self.timing.due_s(log_ns, self.passes)
+                    if not self._wait_until(due, started):
                         return
                     self._publish_clock(started)
+                    late = time.monotonic() - due
                     self._pubs[topic].publish(data)
                     self.published += 1
+                    self.min_lateness_s = min(self.min_lateness_s, late)
+                    self.max_lateness_s = max(self.max_lateness_s, late)
                 self.passes += 1
                 if not self.loop:
                     break
@@ -133,7 +140,8 @@ class ReplayNode(Node):
         level, message = (ERROR, self.failure) if self.failure else \
             (OK, "finished" if self.finished else f"playing (pass {self.passes + 1})")
         values: Dict[str, object] = {"bag": str(self.bag), "published": self.published,
-                                     "rate": self.rate, "loop": self.loop}
+                                     "rate": self.rate, "loop": self.loop,
+                                     "max_lateness_ms": round(self.max_lateness_s * 1e3, 2)}
         status = diagnostic_status("ate: replay", level, message, "replay", values)
         self._diag_pub.publish(diagnostic_array(self.get_clock().now().to_msg(), status))
 
