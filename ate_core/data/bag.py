@@ -39,7 +39,7 @@ import yaml
 from ate_core.io.durable import fsync_dir, replace_file
 
 __all__ = ["EPISODE_FILE", "BagError", "EpisodeBagWriter", "BagReader", "Recovery",
-           "recover_bag", "is_finished", "typestore", "decode_cdr", "main"]
+           "recover_bag", "is_finished", "typestore", "decode_cdr", "header_stamp_ns", "main"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -78,6 +78,11 @@ def typestore() -> Any:
 
         _TYPESTORE = get_typestore(Stores.ROS2_JAZZY)
     return _TYPESTORE
+
+
+def header_stamp_ns(msg: Any) -> int:
+    """A read-back message's ``header.stamp`` in ns (the observation's or the tick's time)."""
+    return int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
 
 
 def _mcap_file(path: Path) -> Path:

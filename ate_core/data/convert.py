@@ -28,7 +28,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ate_core.data.bag import BagError, BagReader
+from ate_core.data.bag import BagError, BagReader, header_stamp_ns
 from ate_core.data.episode import (DatasetInfo, Episode, EpisodeFormatError, EpisodeWriter,
                                    decode_jpeg, default_joint_names)
 from ate_core.data.stats import compute_stats, stats_to_tensors
@@ -41,16 +41,8 @@ STATS_FILE = "stats.safetensors"
 ACTION_FROM = ("command", "state")
 
 
-class ConversionError(ValueError):
-    """A take that cannot become an episode; names the bag."""
-
-    def __init__(self, bag: PathLike, message: str) -> None:
-        super().__init__(f"{bag}: {message}")
-        self.bag = str(bag)
-        self.message = message
-
-    def __reduce__(self):  # pickled whole: a worker process's error reaches its parent intact
-        return type(self), (self.bag, self.message)
+class ConversionError(BagError):
+    """A take that cannot become an episode; names the bag (``path``)."""
 
 
 @dataclass
@@ -95,10 +87,6 @@ def align(streams: Sequence[Stream], fps: float) -> Tuple[np.ndarray, Dict[str, 
     return times, {s.name: asof_indices(s.stamps_ns, times) for s in streams}
 
 
-def _stamp_ns(msg: Any) -> int:
-    return int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
-
-
 def _joint_stream(reader: BagReader, topic: str, joints: Sequence[str]) -> Tuple[Stream, int]:
     """A JointState topic as positions in ``joints`` order (by name); messages missing a
     joint are skipped and counted."""
@@ -108,7 +96,7 @@ def _joint_stream(reader: BagReader, topic: str, joints: Sequence[str]) -> Tuple
         if not all(j in index for j in joints) or len(msg.position) != len(msg.name):
             skipped += 1
             continue
-        stamps.append(_stamp_ns(msg))
+        stamps.append(header_stamp_ns(msg))
         rows.append([float(msg.position[index[j]]) for j in joints])
     return Stream(topic, np.asarray(stamps, dtype=np.int64),
                   np.asarray(rows, dtype=np.float64).reshape(-1, len(joints))), skipped
@@ -117,7 +105,7 @@ def _joint_stream(reader: BagReader, topic: str, joints: Sequence[str]) -> Tuple
 def _image_stream(reader: BagReader, topic: str) -> Stream:
     stamps, frames = [], []
     for _, _, msg in reader.messages([topic]):
-        stamps.append(_stamp_ns(msg))
+        stamps.append(header_stamp_ns(msg))
         frames.append(bytes(msg.data))
     return Stream(topic, np.asarray(stamps, dtype=np.int64), frames)
 
@@ -179,6 +167,8 @@ def bag_to_episode(bag: PathLike, fps: float, action_from: str = "command") -> C
                      "operator": reader.info.get("operator", ""),
                      "audit": (reader.info.get("audit") or {}).get("verdict"),
                      "status": reader.info.get("status")}
+    except ConversionError:
+        raise
     except BagError as e:
         raise ConversionError(bag, e.message) from None
 
@@ -243,7 +233,7 @@ def convert_bags(bags: Sequence[PathLike], out: PathLike, *, fps: float = 10.0,
             if writer is None:
                 writer = EpisodeWriter(out, converted.info)
             report.written.append((name, writer.write(converted.episode)))
-        except (BagError, ConversionError, EpisodeFormatError) as e:
+        except (BagError, EpisodeFormatError) as e:  # ConversionError is a BagError
             report.failed.append((name, str(e)))
     if report.written:
         stats = compute_stats(out)

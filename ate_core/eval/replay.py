@@ -33,7 +33,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ate_core.config import ConfigError, from_flat
-from ate_core.data.bag import BagError, BagReader
+from ate_core.data.bag import BagError, BagReader, header_stamp_ns
 from ate_core.data.convert import Stream, asof_indices
 from ate_core.data.episode import decode_jpeg
 from ate_core.eval.closed_loop import supervisor_counts
@@ -111,10 +111,6 @@ def robot_config_of(reader: BagReader) -> BimanualConfig:
         raise ReplayEvalError(str(e)) from None
 
 
-def _stamp_ns(msg: Any) -> int:
-    return int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
-
-
 def _decode(jpeg: bytes) -> np.ndarray:
     rgb = decode_jpeg(jpeg)
     if rgb is None:
@@ -161,17 +157,17 @@ def replay_evaluate(bag: PathLike, policy: ChunkPolicy, *, config: Optional[Bima
             role, source = s["role"], s.get("source", "")
             if role == "state":
                 positions = dict(zip(msg.name, (float(p) for p in msg.position)))
-                events.append((log_ns, "state", source, (_stamp_ns(msg), positions)))
+                events.append((log_ns, "state", source, (header_stamp_ns(msg), positions)))
                 if action_from == "state":
-                    reference.setdefault(source, []).append((_stamp_ns(msg), positions))
+                    reference.setdefault(source, []).append((header_stamp_ns(msg), positions))
             elif role == "command":
                 if action_from == "command":
                     reference.setdefault(source, []).append(
-                        (_stamp_ns(msg), dict(zip(msg.name, (float(p) for p in msg.position)))))
+                        (header_stamp_ns(msg), dict(zip(msg.name, (float(p) for p in msg.position)))))
             elif role == "image" and source in loop.cameras:
-                events.append((log_ns, "image", source, (_stamp_ns(msg), bytes(msg.data))))
+                events.append((log_ns, "image", source, (header_stamp_ns(msg), bytes(msg.data))))
             elif role == "chunk":
-                chunk_stamps.append(_stamp_ns(msg))
+                chunk_stamps.append(header_stamp_ns(msg))
     if not events:
         raise ReplayEvalError(f"{bag}: no joint states or images the policy reads")
     if action_from == "command" and not reference:
