@@ -40,9 +40,11 @@ def segment_distance(p0: np.ndarray, p1: np.ndarray, q0: np.ndarray,
                      q1: np.ndarray) -> np.ndarray:
     """Closest distance between segments p0-p1 and q0-q1, ``[..., 3]`` each (broadcast) -> ``[...]``.
 
-    Ericson, Real-Time Collision Detection, 5.1.9, without branches: parallel segments take
-    s = 0 and let the clamping of t and the re-projection of s find the overlap; zero-length
-    segments reduce to point-segment (or point-point) distances.
+    Ericson, Real-Time Collision Detection, 5.1.9, without branches; zero-length segments
+    reduce to point-segment (or point-point) distances. Two (nearly) parallel segments have no
+    single closest pair: their distance is the least of the four end-to-segment distances (the
+    distance is convex in the two parameters, so its minimum off the interior critical point
+    lies on an edge), which is exact for any tilt and the same in either order of the segments.
     """
     p0, p1, q0, q1 = (np.asarray(x, dtype=np.float64) for x in (p0, p1, q0, q1))
     d1 = p1 - p0
@@ -72,6 +74,19 @@ def segment_distance(p0: np.ndarray, p1: np.ndarray, q0: np.ndarray,
         s = np.where(p_point, 0.0, np.where(q_point, np.clip(-c / a, 0.0, 1.0), s))
         t = np.where(q_point, 0.0, np.where(p_point, np.clip(f / e, 0.0, 1.0), t))
     gap = r + s[..., None] * d1 - t[..., None] * d2
+    distance = np.sqrt(_dot(gap, gap))
+    if np.any(parallel):
+        ends = np.minimum(np.minimum(_point_segment(p0, q0, d2, e), _point_segment(p1, q0, d2, e)),
+                          np.minimum(_point_segment(q0, p0, d1, a), _point_segment(q1, p0, d1, a)))
+        distance = np.where(parallel, ends, distance)
+    return distance
+
+
+def _point_segment(x: np.ndarray, start: np.ndarray, direction: np.ndarray,
+                   length2: np.ndarray) -> np.ndarray:
+    """Distance from x to the segment start + u direction, u in [0, 1] (length2 > 0 given)."""
+    u = np.clip(_dot(x - start, direction) / length2, 0.0, 1.0)
+    gap = x - start - u[..., None] * direction
     return np.sqrt(_dot(gap, gap))
 
 
