@@ -75,10 +75,17 @@ def segment_distance(p0: np.ndarray, p1: np.ndarray, q0: np.ndarray,
         t = np.where(q_point, 0.0, np.where(p_point, np.clip(f / e, 0.0, 1.0), t))
     gap = r + s[..., None] * d1 - t[..., None] * d2
     distance = np.sqrt(_dot(gap, gap))
-    if np.any(parallel):
-        ends = np.minimum(np.minimum(_point_segment(p0, q0, d2, e), _point_segment(p1, q0, d2, e)),
-                          np.minimum(_point_segment(q0, p0, d1, a), _point_segment(q1, p0, d1, a)))
-        distance = np.where(parallel, ends, distance)
+    if np.any(parallel):  # only those pairs: at home every vertical link pair is parallel
+        shape = distance.shape
+        which = np.broadcast_to(parallel, shape)
+        p0, p1, q0, q1, d1, d2 = (np.broadcast_to(x, shape + (3,))[which]
+                                  for x in (p0, p1, q0, q1, d1, d2))
+        a, e = (np.broadcast_to(x, shape)[which] for x in (a, e))
+        distance = np.array(distance)
+        distance[which] = np.minimum(
+            np.minimum(_point_segment(p0, q0, d2, e), _point_segment(p1, q0, d2, e)),
+            np.minimum(_point_segment(q0, p0, d1, a), _point_segment(q1, p0, d1, a)))
+        distance = distance[()]
     return distance
 
 
