@@ -20,7 +20,8 @@ def share_tree(folder: str) -> list:
 #: Node executables: ``ate_ros.entry`` holds each signal until the node's module has loaded.
 NODES = {name: f"ate_ros.entry:{name}" for name in (
     "arm_node", "arm_nodes", "joint_state_aggregator", "camera_node", "camera_nodes",
-    "inference_node", "supervisor_node", "recorder_node", "replay_node")}
+    "inference_node", "supervisor_node", "recorder_node", "replay_node", "teleop_node",
+    "jog_node")}
 #: The twin host is started like a node (its rclpy node reports on /diagnostics).
 NODES["ate_twin"] = "ate_ros.entry:twin_host"
 TOOLS = {

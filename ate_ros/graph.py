@@ -158,11 +158,14 @@ def controllers_of(spec: SimHardware) -> Tuple[EmulatorSpec, ...]:
 
 def robot_graph(cfg: BimanualConfig, config_file: str, urdf_xml: Optional[str] = None,
                 sim: bool = False, checkpoint: str = "",
-                twin: Optional[bool] = None, record: bool = False) -> List[NodeSpec]:
+                twin: Optional[bool] = None, record: bool = False,
+                teleop: bool = False) -> List[NodeSpec]:
     """Every node of the bimanual robot, in start order.
 
     ``record``: the episode recorder too (``/recorder/start``, ``/recorder/stop``,
-    ``/recorder/discard``), in a process of its own.
+    ``/recorder/discard``), in a process of its own. ``teleop``: the teleop node (leaders to
+    follower targets; the supervisor follows them once ``/ate/engage_teleop`` is called)
+    instead of the inference node.
 
     The supervisor comes last and starts idle: nothing moves until ``/ate/engage``. The inference
     node runs only when a checkpoint is named: ``checkpoint`` (the launch argument), else the
@@ -183,7 +186,9 @@ def robot_graph(cfg: BimanualConfig, config_file: str, urdf_xml: Optional[str] =
     specs += [NodeSpec("camera_node", f"{name}_camera",
                        parameters={"config_file": config_file, "camera": name, **camera_sim})
               for name in cfg.cameras]
-    if checkpoint or cfg.inference.checkpoint:
+    if teleop:
+        specs.append(NodeSpec("teleop_node", "teleop", parameters={"config_file": config_file}))
+    elif checkpoint or cfg.inference.checkpoint:
         params: Dict[str, object] = {"config_file": config_file}
         if checkpoint:
             params["inference.checkpoint"] = checkpoint

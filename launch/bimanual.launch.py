@@ -1,5 +1,5 @@
 """The dual-arm robot: ``ros2 launch ate_ros bimanual.launch.py [sim:=true] [config_file:=...]
-[checkpoint:=...] [rviz:=true] [record:=true] [twin:=false] [task:=NAME] [seed:=S]
+[checkpoint:=...] [rviz:=true] [record:=true] [teleop:=true] [twin:=false] [task:=NAME] [seed:=S]
 [emulator_log_dir:=...]``.
 
 Everything starts idle: the supervisor commands nothing until ``/ate/engage`` is called
@@ -20,6 +20,8 @@ std_srvs/srv/Trigger``).
 ``recorder.output_dir``): ``ros2 param set /recorder task "..."``, then ``ros2 service call
 /recorder/start std_srvs/srv/Trigger``, and ``/recorder/stop`` (std_srvs/SetBool, ``data``: the
 take succeeded) or ``/recorder/discard``.
+``teleop:=true`` starts the teleop node instead of the inference node (``teleop.launch.py``
+starts the robot that way, recording).
 ``emulator_log_dir:=DIR`` has each emulator write what it received to
 ``DIR/emulator_<arm>.jsonl`` (JSON lines; tests read them).
 
@@ -91,7 +93,8 @@ def _robot_nodes(context):
     except ValueError:
         raise ValueError(f"launch argument seed: {seed_arg!r} is not an integer") from None
     specs = robot_graph(cfg, config_file, urdf_xml=urdf, sim=sim, checkpoint=checkpoint,
-                        twin=twin, record=_flag(context, "record"))
+                        twin=twin, record=_flag(context, "record"),
+                        teleop=_flag(context, "teleop"))
 
     # Every package check comes before any action: a missing package is skipped with a line,
     # never a failure after the nodes before it have started.
@@ -155,6 +158,10 @@ def generate_launch_description():
         DeclareLaunchArgument("record", default_value="false",
                               description="start the episode recorder (/recorder/start, "
                                           "/recorder/stop, /recorder/discard)"),
+        DeclareLaunchArgument("teleop", default_value="false",
+                              description="the teleop node (leaders -> /<arm>_arm/teleop_target) "
+                                          "instead of the inference node; engage with "
+                                          "/ate/engage_teleop"),
         DeclareLaunchArgument("twin", default_value="",
                               description="sim: the controllers on the MuJoCo twin's physics "
                                           "and the cameras on its render (true), or idealised "

@@ -42,9 +42,12 @@ class Rig:
 
 
 @contextlib.contextmanager
-def emulated_arms(ros, sides=SIDES) -> Iterator[Rig]:
-    """Emulated controllers for the given arms and their arm nodes, all in this process."""
-    endpoints = {side: (next_loopback_ip(), free_port(), sdk_push_port(1 + i))
+def emulated_arms(ros, sides=SIDES, namespace: str = "", first_slot: int = 1) -> Iterator[Rig]:
+    """Emulated controllers for the given arms and their arm nodes, all in this process.
+
+    ``namespace``: the arm nodes under it (``/leader``: a teleop leader pair); ``first_slot``:
+    the first of the SDK push ports they use (one per arm, fixed per slot)."""
+    endpoints = {side: (next_loopback_ip(), free_port(), sdk_push_port(first_slot + i))
                  for i, side in enumerate(sides)}
     cfg = robot_config(endpoints)
     emulators = {}
@@ -52,8 +55,10 @@ def emulated_arms(ros, sides=SIDES) -> Iterator[Rig]:
         for side, (ip, tcp, udp) in endpoints.items():
             emulators[side] = RealManEmulator(ip=ip, tcp_port=tcp, push_port=udp,
                                               initial_joints_deg=home_deg(cfg, side)).start()
-        states = {side: ros.subscribe(JointState, f"/{side}_arm/joint_states") for side in sides}
-        nodes = {side: ros.start(ArmNode, side, config=cfg) for side in sides}
+        states = {side: ros.subscribe(JointState, f"{namespace}/{side}_arm/joint_states")
+                  for side in sides}
+        nodes = {side: ros.start(ArmNode, side, config=cfg, namespace=f"{namespace}/{side}_arm")
+                 for side in sides}
         for side in sides:
             ros.wait_for(lambda s=side: nodes[s].driver.wait_ready(0) and len(states[s]) > 0,
                          10.0, f"{side} arm ready and publishing")

@@ -58,7 +58,7 @@ _loopback_numbers = itertools.count(10)
 
 
 def sdk_push_port(slot: int = 0) -> int:
-    """A free UDP port, the same one for every call with this slot (slots 0-2 in use)."""
+    """A free UDP port, the same one for every call with this slot (slots 0-4 in use)."""
     if slot not in _push_ports:
         _push_ports[slot] = free_udp_port()
     return _push_ports[slot]

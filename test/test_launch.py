@@ -180,3 +180,13 @@ def test_sim_launch_starts_robot_state_publisher_where_it_is_installed(workspace
         ATE_LAUNCH_TEST_CONFIG=str(_config_on_free_endpoints(tmp_path / "robot.yaml")))
     assert "not starting robot_state_publisher" not in out
     assert "Traceback" not in out
+
+
+@pytest.mark.timeout(LAUNCH_TEST_TIMEOUT_S + 60)
+def test_teleop_launch_follows_a_leader_and_stops_on_sigint(workspace, tmp_path):
+    """teleop.launch.py (test/launch/teleop_sim_launch.py): the teleop graph, a leader device
+    moving the followers through the supervisor, the e-stop, and SIGINT."""
+    out = _run_launch_test(
+        workspace, "teleop_sim_launch.py", tmp_path,
+        ATE_LAUNCH_TEST_CONFIG=str(_config_on_free_endpoints(tmp_path / "robot.yaml")))
+    assert "Traceback" not in out

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 from rclpy.parameter import Parameter
-from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, JointState
 from std_srvs.srv import SetBool, Trigger
 
@@ -58,6 +58,11 @@ def test_a_take_holds_what_was_sent_with_its_outcome_and_audit(ros, cfg, repo):
     image = ros.publisher(CompressedImage, "/cameras/head/image_raw/compressed", RELIABLE)
     publish_and_wait(ros, recorder, image,
                      [CompressedImage(format="jpeg", data=b"\xff\xd8jpeg\xff\xd9")])
+    # The teleop leader's targets come best-effort, as the teleop node and the jog send them.
+    leader = ros.publisher(JointState, "/left_arm/teleop_target", qos_profile_sensor_data)
+    ros.wait_for_subscribers(leader)
+    ros.wait_for(lambda: leader.publish(state(7)) or recorder._take.queued >= 42, 15.0,
+                 "a leader target taken by the recorder")
     answer = ros.call(SetBool, "/recorder/stop", SetBool.Request(data=True))
     assert answer.success, answer.message
     assert "saved episode_000000: success=True, audit flagged" in answer.message
@@ -83,6 +88,9 @@ def test_a_take_holds_what_was_sent_with_its_outcome_and_audit(ros, cfg, repo):
         assert [round(float(m.position[0]), 6) for m in got] == [round(i * 0.01, 6) for i in range(40)]
         assert [m.header.stamp.nanosec for m in got] == [i * 1000 for i in range(40)]
         assert set(reader.topics) == set(contract["streams"])
+        assert contract["streams"]["/left_arm/teleop_target"]["role"] == "leader"
+        leaders = [m for _, _, m in reader.messages(["/left_arm/teleop_target"])]
+        assert leaders and all(m.position[0] == 0.07 for m in leaders)
 
 
 def test_takes_are_refused_when_they_cannot_be_recorded(ros, cfg):

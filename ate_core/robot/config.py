@@ -22,7 +22,8 @@ from ate_core.robot.models import ARM_MODELS, GRIPPER_MAX_OPENING_M, arm_model
 
 __all__ = ["MountConfig", "ArmConfig", "ArmsConfig", "GripperConfig", "TopicsConfig", "EndpointConfig",
            "SimArmsConfig", "SimConfig", "CameraConfig", "InferenceConfig", "ExecutorConfig", "WorkspaceBox",
-           "SafetyConfig", "WatchdogConfig", "SupervisorConfig", "RecorderConfig", "BimanualConfig", "simulated",
+           "SafetyConfig", "WatchdogConfig", "LeaderConfig", "SupervisorConfig", "RecorderConfig",
+           "TeleopConfig", "BimanualConfig", "simulated",
            "load_config"]
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
@@ -140,6 +141,13 @@ class TopicsConfig:
                          doc="service clearing a stop (std_srvs/Trigger)")
     engage: str = checked("/ate/engage", check=nonempty,
                           doc="service starting or ending execution of chunks (std_srvs/SetBool)")
+    engage_teleop: str = checked("/ate/engage_teleop", check=nonempty,
+                                 doc="service starting or ending teleoperation: the followers "
+                                     "track the leaders (std_srvs/SetBool)")
+    teleop_target: str = checked("teleop_target", check=nonempty,
+                                 doc="per-arm teleop target topic, relative to the arm "
+                                     "namespace: the leader's joints in the follower's names "
+                                     "(sensor_msgs/JointState)")
 
 
 @dataclass(frozen=True)
@@ -323,6 +331,20 @@ class WatchdogConfig:
 
 
 @dataclass(frozen=True)
+class LeaderConfig:
+    """Teleoperation as the supervisor judges it: the leaders' stream and its faults."""
+
+    timeout_s: float = checked(0.1, check=in_range(0.005, 10.0),
+                               doc="a leader arm silent this long while teleoperating: hold, s")
+    max_jump_rad: float = checked(0.2, check=in_range(0.001, 6.3),
+                                  doc="a leader sample moving a joint further than this from the "
+                                      "leader's previous sample is a jump: hold, rad")
+    jump_hold_s: float = checked(0.5, check=in_range(0.0, 60.0),
+                                 doc="after a leader jump the followers hold this long, then "
+                                     "ramp to the leader again, s")
+
+
+@dataclass(frozen=True)
 class SupervisorConfig:
     """The only commander of the arms: control rate, ramps, executor, safety, watchdogs."""
 
@@ -336,6 +358,33 @@ class SupervisorConfig:
     executor: ExecutorConfig = ExecutorConfig()
     safety: SafetyConfig = SafetyConfig()
     watchdog: WatchdogConfig = WatchdogConfig()
+    leader: LeaderConfig = LeaderConfig()
+
+
+@dataclass(frozen=True)
+class TeleopConfig:
+    """The teleop node (leaders to follower targets) and the keyboard jog."""
+
+    leader_topic: str = checked("/leader/{arm}_arm/joint_states", check=nonempty,
+                                doc="each leader arm's JointState topic; {arm} is the follower's "
+                                    "side (a second pair of RealMan arms: their arm nodes in "
+                                    "the /leader namespace)")
+    jog_step_rad: float = checked(0.02, check=in_range(0.0001, 0.5),
+                                  doc="keyboard jog: one key press moves the joint this far, rad "
+                                      "(the gripper a tenth of it, in m)")
+    jog_rate_hz: float = checked(50.0, check=in_range(1.0, 1000.0),
+                                 doc="keyboard jog: the targets are published this often, Hz "
+                                     "(above the leader timeout's rate)")
+
+    def problems(self) -> Iterator[Problem]:
+        try:
+            left, right = (self.leader_topic.format(arm=side) for side in ("left", "right"))
+        except (KeyError, IndexError, ValueError) as e:
+            yield ("leader_topic", f"{self.leader_topic!r}: only {{arm}} may be substituted ({e})")
+            return
+        if left == right:
+            yield ("leader_topic", f"{self.leader_topic!r} must contain {{arm}}: each arm has "
+                                   f"its own leader")
 
 
 @dataclass(frozen=True)
@@ -377,6 +426,7 @@ class BimanualConfig:
     supervisor: SupervisorConfig = SupervisorConfig()
     sim: SimConfig = SimConfig()
     recorder: RecorderConfig = RecorderConfig()
+    teleop: TeleopConfig = TeleopConfig()
 
     def problems(self) -> Iterator[Problem]:
         sides = {side for side, _ in self.arms.items()}

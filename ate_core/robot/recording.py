@@ -16,12 +16,15 @@ from typing import Any, Dict, Optional, Tuple
 from ate_core.robot.config import BimanualConfig
 from ate_core.robot.models import push_period_s
 
-__all__ = ["ROLES", "Stream", "recorded_streams", "streams_to_dict"]
+__all__ = ["ROLES", "BEST_EFFORT_ROLES", "Stream", "recorded_streams", "streams_to_dict"]
 
 #: state: an arm's measured joints (+ gripper); command: the supervisor's target for an arm;
-#: image: a camera's JPEG frames; chunk: the policy's action chunks; joint_states: both arms,
-#: for RViz; diagnostics.
-ROLES = ("state", "command", "image", "chunk", "joint_states", "diagnostics")
+#: leader: the teleop leader's joints for an arm (what the operator asked; the command is what
+#: the supervisor allowed); image: a camera's JPEG frames; chunk: the policy's action chunks;
+#: joint_states: both arms, for RViz; diagnostics.
+ROLES = ("state", "command", "leader", "image", "chunk", "joint_states", "diagnostics")
+#: Roles whose publishers are best-effort (sensor data): the recorder subscribes to match.
+BEST_EFFORT_ROLES = ("image", "leader")
 
 
 @dataclass(frozen=True)
@@ -29,9 +32,9 @@ class Stream:
     topic: str
     msgtype: str
     role: str
-    #: The arm (state, command) or camera (image) it belongs to; "" otherwise.
+    #: The arm (state, command, leader) or camera (image) it belongs to; "" otherwise.
     source: str = ""
-    #: Joint names in the arm's order (state, command).
+    #: Joint names in the arm's order (state, command, leader).
     joints: Tuple[str, ...] = ()
     #: The rate it must keep while recording (state, image); None: not audited.
     expected_hz: Optional[float] = None
@@ -48,6 +51,8 @@ def recorded_streams(cfg: BimanualConfig) -> Dict[str, Stream]:
                             1.0 / push_period_s(arm.push_cycle))
         command = f"/{side}_arm/{t.arm_command}"
         out[command] = Stream(command, "sensor_msgs/msg/JointState", "command", side, joints)
+        leader = f"/{side}_arm/{t.teleop_target}"
+        out[leader] = Stream(leader, "sensor_msgs/msg/JointState", "leader", side, joints)
     out[t.joint_states] = Stream(t.joint_states, "sensor_msgs/msg/JointState", "joint_states")
     for name, cam in cfg.cameras.items():
         topic = f"{t.cameras.rstrip('/')}/{name}/image_raw/compressed"

@@ -239,6 +239,25 @@ class SafetyFilter:
                               for r, a in zip(*np.nonzero(hits)))
         return FilterResult(q, (q - prev) / dt, interventions)
 
+    def approach(self, target: np.ndarray, previous: np.ndarray,
+                 dt_s: Optional[float] = None) -> np.ndarray:
+        """This tick's point on the way from ``previous`` to ``target`` from which the joint can
+        still stop at ``target`` within the acceleration cap (the braking rule of the limits,
+        with the target as the limit). :meth:`clamp` only caps a step target, and a joint that
+        reaches it at speed overshoots; a target stream that may step (a teleop leader) goes
+        through this first, and is then reached without overshoot. Non-finite targets stay
+        non-finite, for :meth:`clamp` to count."""
+        dt = self.period_s if dt_s is None else float(dt_s)
+        target = np.asarray(target, dtype=np.float64)
+        previous = np.asarray(previous, dtype=np.float64)
+        distance = target - previous
+        speed = self._braking_velocity(np.abs(distance), np.where(self._has_acc, self._acc * dt,
+                                                                  np.inf))
+        with np.errstate(invalid="ignore"):
+            step = np.where(np.abs(distance) <= speed * dt, distance,
+                            np.sign(distance) * speed * dt)
+        return previous + step
+
     def violations(self, positions: np.ndarray) -> Tuple[Intervention, ...]:
         """The static rules a configuration breaks (non_finite, joint_limit, gripper_range,
         workspace, arm_distance), e.g. to check a starting state. An arm with a non-finite

@@ -12,9 +12,15 @@ Modes::
       +--rearm-- estopped <--estop-- (any mode)
 
 - *idle*: no commands at all; the arms keep whatever the controllers last did.
-- *engaged*: the executor's target for now, ramped in from the measured state over ``ramp_s``
-  (a smoothstep blend, so the ramp starts and ends at zero velocity), through the safety filter.
-  A hold fault (stale joint state, chunk or camera) switches the target to the previous command,
+- *engaged*: the command source's target for now, ramped in from the measured state over
+  ``ramp_s``. The source is the policy (the executor's target) or, engaged for teleop, the
+  leader arms (their newest samples, :meth:`on_leader`); the filter and the e-stop are the
+  same for both. A leader sample further than ``leader.max_jump_rad`` from that leader's
+  previous one is a jump: the followers hold for ``leader.jump_hold_s`` and then ramp to the
+  leader again, so a glitch or a dropped stretch of the stream never becomes a lunge.
+  The ramp is a smoothstep blend, so it starts and ends at zero velocity; every target goes
+  through the safety filter. A hold fault (stale joint state, chunk, camera or leader)
+  switches the target to the previous command,
   which the filter's acceleration cap turns into a deceleration to rest; when the fault clears,
   the ramp restarts from the last command, so resuming never jumps either. After a stale joint
   state it ramps from the *measured* state instead: the arm's driver stopped forwarding
@@ -54,9 +60,9 @@ from ate_core.robot.layout import BimanualLayout
 from ate_core.runtime.chunk import ActionChunk, ChunkRejected
 from ate_core.runtime.executor import ChunkExecutor
 from ate_core.runtime.safety import Intervention, SafetyFilter
-from ate_core.runtime.watchdog import HOLD, STOP, Fault, Watchdogs
+from ate_core.runtime.watchdog import HOLD, POLICY, STOP, TELEOP, Fault, Watchdogs
 
-__all__ = ["Mode", "Supervisor", "TickOutput", "Answer"]
+__all__ = ["Mode", "Supervisor", "TickOutput", "Answer", "POLICY", "TELEOP"]
 
 #: A joint whose commanded speed is below this is at rest (rad/s, or m/s for a gripper).
 REST_SPEED = 1e-6
@@ -115,12 +121,15 @@ class Supervisor:
             for arm in layout}
         self.executor = ChunkExecutor(config.executor, self.joint_names)
         self.safety = SafetyFilter(layout, config.safety, self.period_s, gripper_max_opening_m)
-        self.watchdogs = Watchdogs(config.watchdog, self.arms, cameras)
+        self.watchdogs = Watchdogs(config.watchdog, self.arms, cameras, config.leader)
         self.mode = Mode.IDLE
+        #: Who commands while engaged: POLICY (the chunks) or TELEOP (the leaders).
+        self.source = POLICY
         self.reason = "not engaged"
         #: Interventions and faults so far, keyed by (rule, arm or source).
         self.counts: Counter = Counter()
         self._measured: Dict[str, np.ndarray] = {}
+        self._leader: Dict[str, np.ndarray] = {}
         self._previous: Optional[np.ndarray] = None
         self._velocity: Optional[np.ndarray] = None
         self._ramp_from: Optional[np.ndarray] = None
@@ -148,6 +157,32 @@ class Supervisor:
             return  # a malformed state is not a fresh state: the watchdog keeps timing
         self._measured[arm] = values
         self.watchdogs.joint_state(arm, now_ns)
+
+    def on_leader(self, arm: str, positions: Sequence[float], now_ns: int) -> None:
+        """A leader sample for ``arm``: the follower's joints + gripper, in its order.
+
+        Kept whether or not teleop is engaged (engaging needs a fresh one). A malformed sample
+        is counted (``bad_leader``) and ignored, so the leader's watchdog keeps timing; one that
+        moves a joint further than ``leader.max_jump_rad`` from the previous sample starts a
+        ``leader_jump`` hold (the gripper, bounded by its range, is not judged)."""
+        values = np.asarray(positions, dtype=np.float64)
+        if values.shape != (len(self._arm_index[arm]),) or not np.isfinite(values).all():
+            self.counts[("bad_leader", arm)] += 1
+            return
+        before = self._leader.get(arm)
+        jumped = before is not None and bool(
+            np.max(np.abs(values[:-1] - before[:-1])) > self.config.leader.max_jump_rad)
+        self._leader[arm] = values
+        self.watchdogs.leader(arm, now_ns, jumped)
+
+    def leader(self) -> Optional[np.ndarray]:
+        """The newest leader sample of every joint, or None while a leader arm has none."""
+        if set(self._leader) != set(self.arms):
+            return None
+        out = np.empty(len(self.joint_names))
+        for arm, values in self._leader.items():
+            out[self._arm_index[arm]] = values
+        return out
 
     def on_camera(self, name: str, now_ns: int) -> None:
         self.watchdogs.camera(name, now_ns)
@@ -180,24 +215,35 @@ class Supervisor:
 
     # ---- requests -------------------------------------------------------------------------------
 
-    def engage(self, now_ns: int) -> Answer:
+    def engage(self, now_ns: int, source: str = POLICY) -> Answer:
+        """Hand the arms to ``source``: POLICY (the chunks) or TELEOP (the leader arms, which
+        must all be streaming, without a jump, before the followers ramp to them)."""
+        if source not in (POLICY, TELEOP):
+            raise ValueError(f"Supervisor.engage: source {source!r} is not {POLICY!r} or {TELEOP!r}")
         if self.mode is Mode.ESTOPPED:
             return Answer(False, "e-stop is latched: call rearm first")
         if self.mode is Mode.ENGAGED:
-            return Answer(True, "already engaged")
+            if source != self.source:
+                return Answer(False, f"engaged with {self.source}: disengage before engaging "
+                                     f"{source}")
+            return Answer(True, f"already engaged ({source})")
         faults = [f for f in self.watchdogs.check(now_ns) if f.rule in ("stale_joint_state",
                                                                        "lost_controller")]
+        if source == TELEOP:
+            faults += self.watchdogs.leader_faults(now_ns)
         measured = self.measured()
         if faults or measured is None:
             why = "; ".join(str(f) for f in faults) or "no joint state yet"
-            return Answer(False, f"cannot engage: {why}")
+            return Answer(False, f"cannot engage {source}: {why}")
         start = measured if self.mode is Mode.IDLE else self._previous
         self._start_ramp(start, now_ns, reset_velocity=self.mode is Mode.IDLE)
         self._resync = False
         self.mode = Mode.ENGAGED
-        self.reason = "engaged"
-        self.watchdogs.engaged(now_ns)
-        return Answer(True, "engaged: ramping in from the measured state")
+        self.source = source
+        self.reason = f"engaged ({source})"
+        self.watchdogs.engaged(now_ns, source)
+        what = "the measured state" if source == POLICY else "the measured state to the leaders"
+        return Answer(True, f"engaged ({source}): ramping in from {what}")
 
     def disengage(self, now_ns: int) -> Answer:
         if self.mode is Mode.ENGAGED:
@@ -289,7 +335,12 @@ class Supervisor:
         holds = self.mode is Mode.DISENGAGING or any(f.reaction == HOLD for f in faults)
         if any(f.rule == "stale_joint_state" for f in faults):
             self._resync = True
-        target = None if holds else self.executor.target_at(now_ns)
+        if holds:
+            target = None
+        elif self.source == TELEOP:
+            target = self.leader()
+        else:
+            target = self.executor.target_at(now_ns)
         if target is None:
             target = self._previous
             if self.mode is Mode.ENGAGED:
@@ -312,6 +363,10 @@ class Supervisor:
         dt_s = None if self._last_stamp_ns is None else (stamp_ns - self._last_stamp_ns) * 1e-9
         if self._new_series and dt_s is not None:
             dt_s = min(dt_s, self.period_s)
+        if self.source == TELEOP and not holds:
+            # A leader stream may step (a fast hand, a dropped stretch): approach its target
+            # so that the arm can stop there, instead of arriving at speed and overshooting.
+            target = self.safety.approach(target, self._previous, dt_s)
         result = self.safety.clamp(target, self._previous, self._velocity, dt_s)
         self._last_stamp_ns, self._new_series = stamp_ns, False
         for item in result.interventions:

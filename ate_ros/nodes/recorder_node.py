@@ -12,7 +12,7 @@ Services (std_srvs; the node is ``/recorder`` by default):
 - ``~/discard`` (Trigger): stop and delete the take.
 
 What is recorded is the robot contract's streams (``ate_core.robot.recording``): each arm's
-joint states and commands, the whole-robot joint states, every camera's JPEG frames, the
+joint states, commands and teleop leader targets, the whole-robot joint states, every camera's JPEG frames, the
 policy's chunks and diagnostics. Messages are taken as the bytes DDS delivered (``raw=True``:
 never deserialized here) and handed to the take's writer thread; the receive time is the
 bag's log time and each message keeps its own header stamp. A take also stops (and is saved)
@@ -46,7 +46,7 @@ from ate_core.data.bag import BagError
 from ate_core.data.take import Take, TakeError, free_disk_gb, next_episode_path
 from ate_core.robot.config import BimanualConfig
 from ate_core.robot.from_config import layout_from_config
-from ate_core.robot.recording import recorded_streams, streams_to_dict
+from ate_core.robot.recording import BEST_EFFORT_ROLES, recorded_streams, streams_to_dict
 from ate_core.robot.urdf import bimanual_urdf
 from ate_ros.diagnostics import ERROR, OK, WARN, diagnostic_array, diagnostic_status
 from ate_ros.node_host import run_nodes
@@ -125,7 +125,7 @@ class RecorderNode(Node):
         self._last = "idle"
         self._last_level = OK
         for topic, stream in self.streams.items():
-            qos = qos_profile_sensor_data if stream.role == "image" else _RELIABLE
+            qos = qos_profile_sensor_data if stream.role in BEST_EFFORT_ROLES else _RELIABLE
             self.create_subscription(_TYPES[stream.msgtype], topic,
                                      lambda data, t=topic: self._on_message(t, data), qos,
                                      raw=True)

@@ -1,11 +1,14 @@
 """The supervisor node: the only publisher of arm commands.
 
 Inputs: each arm's joint states, each camera's ``camera_info`` (a camera watchdog that costs no
-image decoding), and the policy's chunks on ``/ate/action_chunk``. Outputs: one
+image decoding), the policy's chunks on ``/ate/action_chunk`` and the teleop leaders' joints on
+``/{arm}_arm/teleop_target`` (JointState in the follower's joint names, from ``teleop_node``
+or the jog). Outputs: one
 ``/{arm}_arm/command`` JointState per arm per control tick (stamped with the tick, naming its
 joints), ``/diagnostics`` with the mode, the tick timing and every intervention counted by rule
 and arm. Services: ``/ate/estop`` and ``/ate/rearm`` (std_srvs/Trigger), ``/ate/engage``
-(std_srvs/SetBool). Every decision is :class:`ate_core.runtime.supervisor.Supervisor`'s; this
+(std_srvs/SetBool) for the policy and ``/ate/engage_teleop`` (std_srvs/SetBool) for the
+leaders. Every decision is :class:`ate_core.runtime.supervisor.Supervisor`'s; this
 node converts messages and keeps time.
 
 The control loop runs on its own thread (``supervisor-tick``) against absolute deadlines rather
@@ -32,7 +35,7 @@ from trajectory_msgs.msg import JointTrajectory
 from ate_core.robot.config import BimanualConfig
 from ate_core.robot.from_config import layout_from_config
 from ate_core.runtime.chunk import ChunkRejected
-from ate_core.runtime.supervisor import Mode, Supervisor, TickOutput
+from ate_core.runtime.supervisor import POLICY, TELEOP, Answer, Mode, Supervisor, TickOutput
 from ate_core.runtime.tick_timing import TickTiming
 from ate_ros.chunk_msgs import trajectory_to_chunk
 from ate_ros.conversions import ns_to_stamp
@@ -85,9 +88,15 @@ class SupervisorNode(Node):
                                      lambda _msg, c=cam: self._on_camera(c),
                                      qos_profile_sensor_data)
         self.create_subscription(JointTrajectory, cfg.topics.action_chunk, self._on_chunk, 10)
+        for side in self.supervisor.arms:  # one topic per arm: one cannot crowd out the other
+            self.create_subscription(JointState, f"/{side}_arm/{cfg.topics.teleop_target}",
+                                     lambda msg, s=side: self._on_leader(s, msg),
+                                     qos_profile_sensor_data)
         self.create_service(Trigger, cfg.topics.estop, self._srv_estop)
         self.create_service(Trigger, cfg.topics.rearm, self._srv_rearm)
         self.create_service(SetBool, cfg.topics.engage, self._srv_engage)
+        self.create_service(SetBool, cfg.topics.engage_teleop,
+                            lambda req, res: self._srv_engage(req, res, TELEOP))
         self.create_timer(1.0, self._publish_diagnostics)
 
         # A thread waking from sleep waits for the GIL until the running thread yields it, by
@@ -162,6 +171,16 @@ class SupervisorNode(Node):
             positions = [msg.position[index[n]] for n in names]
         with self._lock:
             self.supervisor.on_joint_state(side, positions, self._now_ns())
+
+    def _on_leader(self, side: str, msg: JointState) -> None:
+        names = self._arm_names[side]
+        index = {n: i for i, n in enumerate(msg.name)}
+        if any(n not in index for n in names) or len(msg.position) != len(msg.name):
+            positions = [float("nan")] * len(names)  # counted as a bad leader sample
+        else:
+            positions = [msg.position[index[n]] for n in names]
+        with self._lock:
+            self.supervisor.on_leader(side, positions, self._now_ns())
 
     def _on_camera(self, name: str) -> None:
         with self._lock:
@@ -267,11 +286,17 @@ class SupervisorNode(Node):
         response.success, response.message = answer.success, answer.message
         return response
 
-    def _srv_engage(self, request, response):
+    def _srv_engage(self, request, response, source: str = POLICY):
         with self._lock:
             now = self._now_ns()
-            answer = self.supervisor.engage(now) if request.data else self.supervisor.disengage(now)
-        self.get_logger().info(f"engage {request.data}: {answer.message}")
+            if request.data:
+                answer = self.supervisor.engage(now, source)
+            elif self.supervisor.mode is Mode.ENGAGED and self.supervisor.source != source:
+                answer = Answer(False, f"engaged with {self.supervisor.source}, not {source}: "
+                                       f"nothing changed")
+            else:
+                answer = self.supervisor.disengage(now)
+        self.get_logger().info(f"engage {source} {request.data}: {answer.message}")
         response.success, response.message = answer.success, answer.message
         return response
 
@@ -280,7 +305,7 @@ class SupervisorNode(Node):
     def _publish_diagnostics(self) -> None:
         with self._lock:
             sup = self.supervisor
-            mode, reason = sup.mode, sup.reason
+            mode, reason, source = sup.mode, sup.reason, sup.source
             counts = dict(sup.counts)
             executor = sup.executor.stats
             published = self.commands_published
@@ -294,7 +319,7 @@ class SupervisorNode(Node):
         else:
             level, message = OK, reason
         timing = self.timing.summary()
-        values = {"mode": mode.value, "reason": reason, "dry_run": self.dry_run,
+        values = {"mode": mode.value, "source": source, "reason": reason, "dry_run": self.dry_run,
                   "realtime": self.realtime,
                   "holding": bool(out.holding) if out is not None else False,
                   "rate_hz": self.cfg.supervisor.rate_hz,

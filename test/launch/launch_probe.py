@@ -47,9 +47,10 @@ def config() -> BimanualConfig:
     return load_config(CONFIG_FILE)
 
 
-def bimanual_launch(**arguments: str) -> IncludeLaunchDescription:
-    """The installed `bimanual.launch.py` (found through the ament index, as `ros2 launch` does)."""
-    path = os.path.join(get_package_share_directory("ate_ros"), "launch", "bimanual.launch.py")
+def bimanual_launch(file: str = "bimanual.launch.py", **arguments: str) -> IncludeLaunchDescription:
+    """An installed launch file of the package (found through the ament index, as `ros2 launch`
+    does): `bimanual.launch.py` by default."""
+    path = os.path.join(get_package_share_directory("ate_ros"), "launch", file)
     return IncludeLaunchDescription(PythonLaunchDescriptionSource(path),
                                     launch_arguments=sorted(arguments.items()))
 
@@ -58,10 +59,11 @@ def full_name(spec: NodeSpec) -> str:
     return f"{spec.namespace.rstrip('/')}/{spec.name}" if spec.namespace else f"/{spec.name}"
 
 
-def expected_nodes(cfg: BimanualConfig, with_urdf: bool, record: bool = False) -> List[str]:
+def expected_nodes(cfg: BimanualConfig, with_urdf: bool, record: bool = False,
+                   teleop: bool = False) -> List[str]:
     urdf = "<robot/>" if with_urdf else None
     return sorted(full_name(s) for s in robot_graph(cfg, CONFIG_FILE, urdf_xml=urdf, sim=True,
-                                                    record=record))
+                                                    record=record, teleop=teleop))
 
 
 def joint_names(cfg: BimanualConfig) -> Dict[str, Tuple[str, ...]]:
