@@ -15,6 +15,7 @@ import yaml
 
 from ate_core.config import ConfigError, from_dict
 from ate_core.eval.closed_loop import EVAL_SEED
+from ate_core.eval.report import difference_interval
 from ate_core.eval.cross_embodiment import (BenchConfig, demo_episodes, eval_seeds, load_bench_config,
                                             plot_curves, run_benchmark, table)
 
@@ -52,6 +53,15 @@ def test_the_smoke_variant_runs_every_stage_and_twice_gives_identical_results(tm
     curve = next(c for c in first["cells"] if c["variant"] == "direct")["curve"]
     assert [p["step"] for p in curve] == [5, 10]
     assert "| diffusion | ate_official | 2 |" in table(first)
+    for c in first["cells"]:  # every variant against direct of its family and size
+        vs = c.get("vs_direct")
+        if c["variant"] == "direct":
+            assert vs is None
+        else:
+            base = next(d for d in first["cells"] if d["variant"] == "direct"
+                        and (d["family"], d["size"]) == (c["family"], c["size"]))
+            diff = c["final"]["average"]["rate"] - base["final"]["average"]["rate"]
+            assert vs["difference"] == pytest.approx(diff) and vs["low"] <= diff <= vs["high"]
     assert plot_curves(first, tmp_path / "curves.png").stat().st_size > 1000
     # a finished run is not redone: a second call only reads what is there
     again = run_benchmark(cfg, tmp_path / "a", jobs=1, log=lambda m: None)
@@ -126,3 +136,13 @@ def test_a_failing_step_is_named_and_stops_the_run(tmp_path):
     with pytest.raises(RuntimeError, match=r"data/rm65/pick_place .*no_such.yaml"):
         run_benchmark(cfg, tmp_path / "out", jobs=1, log=lambda m: None)
     assert not (tmp_path / "out" / "pretrain").exists()
+
+
+def test_the_difference_interval_is_newcombes():
+    # Newcombe (1998), Statistics in Medicine 17, table II, example (a): 56/70 - 48/80,
+    # method 10 (hybrid score): 0.0524 to 0.3339.
+    d, low, high = difference_interval(56, 70, 48, 80)
+    assert d == pytest.approx(0.2)
+    assert (round(low, 4), round(high, 4)) == (0.0524, 0.3339)
+    d, low, high = difference_interval(0, 10, 0, 10)  # no information: wide, around 0
+    assert d == 0.0 and low < -0.25 and high > 0.25

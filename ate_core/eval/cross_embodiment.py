@@ -43,7 +43,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 
 from ate_core.config import ConfigError, Problem, checked, from_dict, in_range, nonempty, read_yaml
 from ate_core.eval.closed_loop import EVAL_SEED
-from ate_core.eval.report import wilson_interval
+from ate_core.eval.report import difference_interval, wilson_interval
 
 __all__ = ["BenchConfig", "Variant", "Family", "load_bench_config", "run_benchmark", "summarize",
            "eval_seeds", "demo_episodes"]
@@ -543,8 +543,11 @@ def _rate(successes: int, n: int) -> Dict[str, Any]:
 
 def summarize(cfg: BenchConfig, out: os.PathLike | str) -> Dict[str, Any]:
     """Success per family, variant and size: per task and on average (pooled over tasks and
-    seeds, with 95 % Wilson intervals), per seed, and per fine-tuning checkpoint (the curve).
-    The average's interval pools every episode; it treats the tasks' episodes as one sample."""
+    seeds, with 95 % Wilson intervals), per seed, and per fine-tuning checkpoint (the curve);
+    and each variant's average against direct fine-tuning of its family and size (``vs_direct``:
+    the difference with Newcombe's interval). The intervals pool every episode; they treat the
+    tasks' and seeds' episodes as one sample, so they leave out the spread between seeds (the
+    per-seed rates show it)."""
     out = Path(out)
     cells: List[Dict[str, Any]] = []
     for fam, v, size, last, evaluated in _cells(cfg):
@@ -573,6 +576,15 @@ def summarize(cfg: BenchConfig, out: os.PathLike | str) -> Dict[str, Any]:
                 final = point
         cells.append({"family": fam, "variant": v.name, "size": size, "final": final,
                       "curve": curve if v.curve else []})
+    direct = {(c["family"], c["size"]): c["final"]["average"] for c in cells
+              if c["variant"] == "direct"}
+    for c in cells:  # each variant against direct fine-tuning of its family and size
+        base = direct.get((c["family"], c["size"]))
+        if base is not None and c["variant"] != "direct":
+            a = c["final"]["average"]
+            d, low, high = difference_interval(a["successes"], a["episodes"],
+                                               base["successes"], base["episodes"])
+            c["vs_direct"] = {"difference": d, "low": low, "high": high}
     return {"benchmark": cfg.name, "tasks": list(cfg.tasks), "seeds": cfg.seeds,
             "eval_episodes": cfg.eval_episodes, "curve_episodes": cfg.curve_episodes,
             "latency_ms": cfg.latency_ms, "time_limit_s": cfg.time_limit_s, "cells": cells}
@@ -581,14 +593,18 @@ def summarize(cfg: BenchConfig, out: os.PathLike | str) -> Dict[str, Any]:
 def table(results: Mapping[str, Any]) -> str:
     """The results as a Markdown table: one row per family, variant and size."""
     tasks = results["tasks"]
-    head = "| family | variant | demos/task | " + " | ".join(tasks) + " | average (95 % CI) | per seed |"
-    lines = [head, "|" + "---|" * (5 + len(tasks))]
+    head = ("| family | variant | demos/task | " + " | ".join(tasks)
+            + " | average (95 % CI) | vs direct, points (95 % CI) | per seed |")
+    lines = [head, "|" + "---|" * (6 + len(tasks))]
     for c in results["cells"]:
         f = c["final"]
         row = [c["family"], c["variant"], str(c["size"])]
         row += [f"{f['tasks'][t]['successes']}/{f['tasks'][t]['episodes']}" for t in tasks]
         a = f["average"]
         row.append(f"**{100 * a['rate']:.1f} %** ({100 * a['low']:.0f}-{100 * a['high']:.0f})")
+        vs = c.get("vs_direct")
+        row.append("" if vs is None else f"{100 * vs['difference']:+.1f} "
+                   f"({100 * vs['low']:+.1f} to {100 * vs['high']:+.1f})")
         row.append(", ".join(f"{100 * p:.0f}" for p in f["per_seed"]))
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)

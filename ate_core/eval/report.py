@@ -15,7 +15,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 from ate_core.io import json_safe
 
-__all__ = ["Z_95", "wilson_interval", "EpisodeResult", "EvalReport"]
+__all__ = ["Z_95", "wilson_interval", "difference_interval", "EpisodeResult", "EvalReport"]
 
 #: The standard normal quantile of a two-sided 95 % interval.
 Z_95 = 1.959963984540054
@@ -32,6 +32,18 @@ def wilson_interval(successes: int, n: int, z: float = Z_95) -> Tuple[float, flo
     centre = (p + z2 / (2 * n)) / (1 + z2 / n)
     half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def difference_interval(successes_a: int, n_a: int, successes_b: int, n_b: int,
+                        z: float = Z_95) -> Tuple[float, float, float]:
+    """``p_a - p_b`` of two independent proportions with Newcombe's hybrid score interval
+    (his method 10: the two Wilson intervals combined), as (difference, low, high)."""
+    p_a, p_b = successes_a / n_a, successes_b / n_b
+    l_a, u_a = wilson_interval(successes_a, n_a, z)
+    l_b, u_b = wilson_interval(successes_b, n_b, z)
+    d = p_a - p_b
+    return (d, d - math.sqrt((p_a - l_a) ** 2 + (u_b - p_b) ** 2),
+            d + math.sqrt((u_a - p_a) ** 2 + (p_b - l_b) ** 2))
 
 
 @dataclass(frozen=True)
