@@ -21,6 +21,7 @@ from ate_ros.nodes.camera_node import CameraNode
 from ate_ros.nodes.inference_node import InferenceNode
 from ate_ros.nodes.joint_state_aggregator import JointStateAggregator
 from ate_ros.nodes.supervisor_node import SupervisorNode
+from ate_ros.nodes.teleop_node import TeleopNode
 from ate_ros.params import declare_config
 from conftest import REPO, free_port, next_loopback_ip, sdk_push_port
 from test_policy_runner import make_data, train_tiny_policy
@@ -70,17 +71,18 @@ def expected_sections(spec: NodeSpec) -> Tuple[str, ...]:
                             "sim.camera_width", "sim.camera_height", "sim.camera_fps"),
             "joint_state_aggregator": ("arms", "topics"),
             "inference_node": ("arms", "cameras", "topics", "inference"),
-            "supervisor_node": ("arms", "gripper", "topics", "supervisor")}[spec.executable]
+            "supervisor_node": ("arms", "gripper", "topics", "supervisor"),
+            "teleop_node": ("arms", "gripper", "topics", "teleop")}[spec.executable]
 
 
 #: A node's own parameters, outside the robot config.
 NODE_OWN = {"arm_node": {"arm", "sim"}, "camera_node": {"camera", "sim"},
             "joint_state_aggregator": {"publish_rate_hz"}, "inference_node": set(),
-            "supervisor_node": set()}
+            "supervisor_node": set(), "teleop_node": set()}
 
 FACTORIES = {"arm_node": ArmNode, "camera_node": CameraNode,
              "joint_state_aggregator": JointStateAggregator, "inference_node": InferenceNode,
-             "supervisor_node": SupervisorNode}
+             "supervisor_node": SupervisorNode, "teleop_node": TeleopNode}
 
 
 def remote_parameters(ros, node: str) -> Dict[str, Tuple[Any, ParameterDescriptor]]:
@@ -125,7 +127,19 @@ def test_every_node_declares_its_launch_parameters_and_its_config_sections_only_
     config_file = small_sim_config(repo, tmp_path)
     cfg = load_config(config_file)
     ours, _ = in_process(robot_graph(cfg, str(config_file), sim=True, checkpoint=str(checkpoint)))
-    assert sorted({s.executable for s in ours}) == sorted(FACTORIES)
+    assert sorted({s.executable for s in ours}) == sorted(set(FACTORIES) - {"teleop_node"})
+    check_declared(ros, cfg, ours, tmp_path)
+
+
+def test_the_teleop_node_declares_its_config_sections_only_all_described(ros, repo, tmp_path):
+    config_file = small_sim_config(repo, tmp_path)
+    cfg = load_config(config_file)
+    ours, _ = in_process(robot_graph(cfg, str(config_file), sim=True, teleop=True))
+    assert "inference_node" not in {s.executable for s in ours}
+    check_declared(ros, cfg, [s for s in ours if s.executable == "teleop_node"], tmp_path)
+
+
+def check_declared(ros, cfg, ours, tmp_path) -> None:
     for spec in ours:  # as the bringup starts them: the parameter file launch_ros would write
         params = tmp_path / f"{spec.name}.yaml"
         params.write_text(spec.params_file_yaml())
