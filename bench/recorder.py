@@ -127,8 +127,10 @@ class Bench:
                                           lambda m, t=topic: self._on_message(t, m), qos,
                                           raw=True)
         self.node.create_subscription(DiagnosticArray, cfg.topics.diagnostics, self._on_diag, 50)
-        self.leader_pubs = {side: self.node.create_publisher(
-            JointState, f"/{side}_arm/{cfg.topics.teleop_target}", qos_profile_sensor_data)
+        from ate_ros.nodes.teleop_node import TARGET_QOS
+
+        self.leader_pubs = {side: self.node.create_publisher(  # as the teleop node publishes
+            JointState, f"/{side}_arm/{cfg.topics.teleop_target}", TARGET_QOS)
             for side in SIDES}
         self.names = {side: (*getattr(cfg.arms, side).joint_names,
                              getattr(cfg.arms, side).gripper_joint) for side in SIDES}

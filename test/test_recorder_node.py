@@ -9,13 +9,14 @@ from pathlib import Path
 import pytest
 import yaml
 from rclpy.parameter import Parameter
-from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, JointState
 from std_srvs.srv import SetBool, Trigger
 
 from ate_core.data.bag import EPISODE_FILE, BagReader
 from ate_core.robot.config import load_config
 from ate_ros.nodes.recorder_node import RecorderNode
+from ate_ros.nodes.teleop_node import TARGET_QOS
 
 pytestmark = pytest.mark.ros  # real DDS: CI runs these with a core kept busy too
 
@@ -58,8 +59,8 @@ def test_a_take_holds_what_was_sent_with_its_outcome_and_audit(ros, cfg, repo):
     image = ros.publisher(CompressedImage, "/cameras/head/image_raw/compressed", RELIABLE)
     publish_and_wait(ros, recorder, image,
                      [CompressedImage(format="jpeg", data=b"\xff\xd8jpeg\xff\xd9")])
-    # The teleop leader's targets come best-effort, as the teleop node and the jog send them.
-    leader = ros.publisher(JointState, "/left_arm/teleop_target", qos_profile_sensor_data)
+    # The teleop leader's targets, with the QoS the teleop node and the jog send them.
+    leader = ros.publisher(JointState, "/left_arm/teleop_target", TARGET_QOS)
     ros.wait_for_subscribers(leader)
     ros.wait_for(lambda: leader.publish(state(7)) or recorder._take.queued >= 42, 15.0,
                  "a leader target taken by the recorder")

@@ -23,8 +23,10 @@ __all__ = ["ROLES", "BEST_EFFORT_ROLES", "Stream", "recorded_streams", "streams_
 #: the supervisor allowed); image: a camera's JPEG frames; chunk: the policy's action chunks;
 #: joint_states: both arms, for RViz; diagnostics.
 ROLES = ("state", "command", "leader", "image", "chunk", "joint_states", "diagnostics")
-#: Roles whose publishers are best-effort (sensor data): the recorder subscribes to match.
-BEST_EFFORT_ROLES = ("image", "leader")
+#: Roles whose publishers are best-effort (sensor data): the recorder subscribes to match. The
+#: leader targets are published reliably (the supervisor takes them best-effort, the newest
+#: first; the recorder keeps every one).
+BEST_EFFORT_ROLES = ("image",)
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from ate_core.robot.config import BimanualConfig
 from ate_core.robot.from_config import layout_from_config
 from ate_core.runtime.teleop import JOG_HELP, Jog
 from ate_ros.node_host import run_nodes
+from ate_ros.nodes.teleop_node import TARGET_QOS
 from ate_ros.params import declare_config
 
 
@@ -51,7 +52,7 @@ class JogNode(Node):
         self.jog = Jog(limits, cfg.teleop.jog_step_rad)
         self._lock = threading.Lock()
         self._pubs = {side: self.create_publisher(
-            JointState, f"/{side}_arm/{cfg.topics.teleop_target}", qos_profile_sensor_data)
+            JointState, f"/{side}_arm/{cfg.topics.teleop_target}", TARGET_QOS)
             for side in self._names}
         self._subs = {side: self.create_subscription(
             JointState, f"/{side}_arm/{cfg.topics.arm_joint_states}",

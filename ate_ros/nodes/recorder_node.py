@@ -162,11 +162,16 @@ class RecorderNode(Node):
                     "operator": str(self.get_parameter("operator").value),
                     "contract": robot_contract(self.cfg, self._config_file)}
             try:
-                self._take = Take(path, info, {t: s.msgtype for t, s in self.streams.items()},
-                                  start_ns=self._now_ns(), flush_period_s=self.rec.flush_period_s,
-                                  expected_hz=self._expected, rules=self._rules)
+                take = Take(path, info, {t: s.msgtype for t, s in self.streams.items()},
+                            start_ns=self._now_ns(), flush_period_s=self.rec.flush_period_s,
+                            expected_hz=self._expected, rules=self._rules)
             except BagError as e:
                 raise TakeError(str(e)) from None
+            # The take starts when it can take messages, not when the bag began to open (a
+            # tenth of a second or more): the audit's start edge would otherwise show a gap in
+            # every stream. What arrives meanwhile waits in DDS and is recorded after this.
+            take.start_ns = self._now_ns()
+            self._take = take
             self._last, self._last_level = f"recording {path.name}", OK
             return str(path)
 

@@ -24,7 +24,7 @@ from typing import Dict, Optional, Sequence
 
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.node import Node
-from rclpy.qos import qos_profile_sensor_data
+from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import JointState
 
 from ate_core.robot.config import BimanualConfig
@@ -33,6 +33,9 @@ from ate_core.runtime.teleop import LeaderMap, LeaderMismatch
 from ate_ros.diagnostics import OK, WARN, diagnostic_array, diagnostic_status
 from ate_ros.node_host import run_nodes
 from ate_ros.params import declare_config
+
+#: The targets' QoS: reliable, so that a recorder keeps every one.
+TARGET_QOS = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
 
 
 class TeleopNode(Node):
@@ -50,9 +53,11 @@ class TeleopNode(Node):
         self.forwarded: Dict[str, int] = {side: 0 for side in self._maps}
         self.refused: Dict[str, int] = {side: 0 for side in self._maps}
         self._last_problem: Dict[str, str] = {}
+        # Reliable: the supervisor's best-effort subscription takes the newest, the recorder's
+        # reliable one every sample.
         self._pubs = {side: self.create_publisher(JointState,
                                                   f"/{side}_arm/{cfg.topics.teleop_target}",
-                                                  qos_profile_sensor_data)
+                                                  TARGET_QOS)
                       for side in self._maps}
         for side, topic in self.leader_topics.items():
             self.create_subscription(JointState, topic, lambda msg, s=side: self._on_leader(s, msg),
