@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 
 from ate_core.robot.config import load_config
 from ate_core.robot.collision import (CapsuleModel, LinkChain, arm_points, arm_segments,
-                                      capsule_clearance_m, segment_distance)
+                                      capsule_clearance_below_m, capsule_clearance_m,
+                                      segment_distance)
 from ate_core.robot.layout import default_bimanual_layout
 
 CFG = load_config("config/bimanual.yaml")
@@ -224,6 +225,21 @@ def test_clearance_does_not_depend_on_which_chain_comes_first():
     a, b = arm_points(LEFT, q[:, 0]), arm_points(RIGHT, q[:, 1])
     np.testing.assert_allclose(capsule_clearance_m(a, b, RADIUS),
                                capsule_clearance_m(b, a, RADIUS), atol=1e-12)
+
+
+@pytest.mark.parametrize("threshold", [-0.05, 0.05, 0.3])
+def test_clearance_below_a_threshold_is_exact_there_and_above_it_elsewhere(threshold):
+    rng = np.random.default_rng(8)
+    q = rng.uniform(LEFT.model.lower_rad, LEFT.model.upper_rad, size=(400, 2, 7))
+    a, b = arm_points(LEFT, q[:, 0]), arm_points(RIGHT, q[:, 1])
+    exact = capsule_clearance_m(a, b, RADIUS)
+    got = capsule_clearance_below_m(a, b, RADIUS, threshold)
+    below = exact < threshold
+    assert below.any() and (~below).any()  # both cases drawn
+    np.testing.assert_array_equal(got[below], exact[below])  # bit for bit: the filter's decisions
+    assert np.all(got[~below] >= threshold) and np.all(got[~below] <= exact[~below] + 1e-12)
+    one = capsule_clearance_below_m(a[0], b[0], RADIUS, threshold)  # unbatched too
+    assert (one == exact[0]) if exact[0] < threshold else (threshold <= one <= exact[0] + 1e-12)
 
 
 def test_clearance_needs_both_arms():

@@ -17,7 +17,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from ate_core.robot.config import SafetyConfig
-from ate_core.robot.collision import LinkChain, capsule_clearance_m
+from ate_core.robot.collision import LinkChain, capsule_clearance_below_m
 from ate_core.robot.layout import BimanualLayout
 
 __all__ = ["RULES", "Intervention", "FilterResult", "SafetyFilter"]
@@ -330,7 +330,10 @@ class SafetyFilter:
         gap = np.maximum(np.maximum(self._box_min - tcp, 0.0), tcp - self._box_max)
         out = np.sqrt(np.einsum("...i,...i->...", gap, gap))
         if self._pair and with_clearance:
-            clearance = capsule_clearance_m(points[0], points[1], self._radius)
+            # Exact below min_arm_distance_m, where every rule compares it; above, a bound
+            # that is above it too (the same decisions, for much less work away from it).
+            clearance = capsule_clearance_below_m(points[0], points[1], self._radius,
+                                                  self._min_distance)
         else:
             clearance = np.full(q.shape[0], np.inf)
         return out, clearance
