@@ -153,10 +153,16 @@ def run_nodes(make_nodes: Callable[[], List[Node]],
         pass  # rclpy shut down by someone else
     finally:
         try:
+            # Out of the executor first, then destroyed: an entity destroyed while still in
+            # rclpy's EventsExecutor must first clear its pending events from the executor's
+            # queue, which can block (a joint-state aggregator under a 200 Hz stream once hung
+            # here past SIGINT and SIGTERM until launch killed it).
+            if executor is not None:
+                for node in nodes:
+                    executor.remove_node(node)
+                executor.shutdown(timeout_sec=0)
             for node in nodes:
                 node.destroy_node()
-            if executor is not None:
-                executor.shutdown(timeout_sec=0)
             rclpy.try_shutdown()
         finally:
             for signum, handler in previous.items():
