@@ -79,10 +79,6 @@ def write_config(src: str, dst: str, takes: str) -> Any:
     return load_config(dst)
 
 
-def stamp_ns(msg: Any) -> int:
-    return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-
-
 def cdr_stamp_ns(data: bytes) -> int:
     """``header.stamp`` of a serialized message that starts with a std_msgs/Header (JointState,
     CompressedImage): after CDR's 4-byte encapsulation header, int32 sec and uint32 nanosec,
@@ -214,13 +210,13 @@ def start_processes(procs: Processes, cfg: Any, config: str) -> None:
 
 
 def read_take(bag: Path, topics: List[str]) -> Dict[str, Any]:
-    from ate_core.data.bag import EPISODE_FILE, BagReader
+    from ate_core.data.bag import EPISODE_FILE, BagReader, header_stamp_ns
 
     out: Dict[str, Any] = {"stamps": {t: [] for t in topics}, "counts": {}, "image_bytes": {}}
     with BagReader(bag) as reader:
         out["counts"] = dict(reader.counts)
         for topic, _log_ns, msg in reader.messages([t for t in topics if t in reader.topics]):
-            out["stamps"][topic].append(stamp_ns(msg))
+            out["stamps"][topic].append(header_stamp_ns(msg))
             if hasattr(msg, "format"):  # a JPEG frame
                 out["image_bytes"].setdefault(topic, []).append(len(msg.data))
     out["info"] = yaml.safe_load((bag / EPISODE_FILE).read_text())

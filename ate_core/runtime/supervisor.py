@@ -177,12 +177,7 @@ class Supervisor:
 
     def leader(self) -> Optional[np.ndarray]:
         """The newest leader sample of every joint, or None while a leader arm has none."""
-        if set(self._leader) != set(self.arms):
-            return None
-        out = np.empty(len(self.joint_names))
-        for arm, values in self._leader.items():
-            out[self._arm_index[arm]] = values
-        return out
+        return self._whole(self._leader)
 
     def on_camera(self, name: str, now_ns: int) -> None:
         self.watchdogs.camera(name, now_ns)
@@ -206,10 +201,14 @@ class Supervisor:
 
     def measured(self) -> Optional[np.ndarray]:
         """The measured state of every joint, or None while an arm has never reported."""
-        if set(self._measured) != set(self.arms):
+        return self._whole(self._measured)
+
+    def _whole(self, per_arm: Mapping[str, np.ndarray]) -> Optional[np.ndarray]:
+        """Per-arm vectors as one whole-robot vector; None while an arm has none."""
+        if set(per_arm) != set(self.arms):
             return None
         out = np.empty(len(self.joint_names))
-        for arm, values in self._measured.items():
+        for arm, values in per_arm.items():
             out[self._arm_index[arm]] = values
         return out
 
