@@ -288,6 +288,30 @@ def test_a_manual_loop_of_encode_predict_and_denoise_step_equals_sample():
     assert torch.equal(x, policy.sample(obs, num_steps=4, noise=noise))
 
 
+@pytest.mark.parametrize("denoiser", DENOISERS)
+def test_a_traced_network_samples_what_the_eager_one_does_and_training_drops_the_trace(denoiser):
+    policy = build(denoiser=denoiser).eval()
+    obs = make_obs()
+    eager = policy.sample(obs, generator=gen(3))
+    policy.trace_for_inference()
+    traced = policy.sample(obs, generator=gen(3))
+    assert len(policy.inference_trace) == 1  # one trace, taken at the first step and reused
+    torch.testing.assert_close(traced, eager, rtol=1e-5, atol=1e-5)
+    policy.sample(make_obs(batch=1), generator=gen(3))
+    assert len(policy.inference_trace) == 2  # another batch size is another trace
+
+    with torch.no_grad():  # a trace is a snapshot: after training the weights differ from it
+        for p in policy.parameters():
+            p.add_(0.01)
+    policy.train()
+    assert len(policy.inference_trace) == 0
+    policy.eval()
+    moved = policy.sample(obs, generator=gen(3))
+    policy.trace_for_inference(False)
+    torch.testing.assert_close(moved, policy.sample(obs, generator=gen(3)), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(moved, eager)
+
+
 def test_wrong_noise_shape_is_rejected():
     with pytest.raises(ValueError, match="noise has shape"):
         build().eval().sample(make_obs(), noise=torch.zeros(2, HORIZON + 1, 128))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ate_core.config import ConfigError
-from ate_core.policy.base import Batch, Observation, denoising_loss
+from ate_core.policy.base import Batch, InferenceTrace, Observation, denoising_loss
 from ate_core.policy.factory import make_config, make_policy
 from ate_core.policy.flow import FlowPolicy
 from ate_core.policy.flow.modeling_flow import sample_beta
@@ -238,6 +238,41 @@ def test_predict_is_differentiable_with_respect_to_x_tau_inside_a_hook():
     policy.sample(observation(), num_steps=2, generator=gen(), step_hook=guide)
     assert len(grads) == 2 and all(torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads)
     assert all((g[~slot_mask(2)[:, None, :].expand_as(g)] == 0).all() for g in grads)  # padded slots unseen
+
+
+def test_a_traced_expert_samples_what_the_eager_one_does_and_a_guidance_hook_runs_it_eagerly():
+    policy = make().eval()
+    eager = policy.sample(observation(), generator=gen(4))
+    policy.trace_for_inference()
+    traced = policy.sample(observation(), generator=gen(4))
+    assert len(policy.inference_trace) == 1
+    torch.testing.assert_close(traced, eager, rtol=1e-5, atol=1e-5)
+    assert "expert" not in {name.split(".")[0] for name in policy.state_dict() if "velocity" in name}
+    assert set(policy.state_dict()) == set(make().state_dict())  # the trace's wrapper is not saved
+
+    grads = []
+
+    def guide(step):
+        with torch.enable_grad():
+            x = step.x_t.detach().requires_grad_(True)
+            v = policy.predict(x, step.t, policy.encode(observation()))
+            (grad,) = torch.autograd.grad(v.square().sum(), x)
+        grads.append(grad)
+        return None
+
+    policy.sample(observation(), num_steps=2, generator=gen(), step_hook=guide)
+    assert len(grads) == 2 and all(g.abs().sum() > 0 for g in grads)
+
+
+def test_a_module_the_tracer_cannot_take_runs_eagerly_with_a_warning_saying_why():
+    class Untraceable(torch.nn.Module):
+        def forward(self, x):
+            return {"chunk": x, "note": "not a tensor"}
+
+    trace = InferenceTrace()
+    with pytest.warns(RuntimeWarning, match="Untraceable could not be traced"):
+        out = trace(Untraceable(), (torch.ones(2),))
+    assert out["note"] == "not a tensor" and len(trace) == 0 and "Untraceable" in trace.failures
 
 
 # ----------------------------------------------------------------------------------- training

@@ -151,6 +151,17 @@ def test_chunk_is_the_policy_sample_in_native_units_for_the_same_noise(setup) ->
     assert not np.allclose(other.positions, chunk.positions)
 
 
+def test_the_traced_network_gives_the_eager_chunk_and_can_be_switched_off(setup) -> None:
+    traced = PolicyRunner.from_config(inference(setup["pre"]))
+    eager = PolicyRunner.from_config(inference(setup["pre"], trace=False))
+    assert traced.describe()["traced"] == "on" and eager.describe()["traced"] == "off"
+    images, state = observation(traced, seed=5)
+    a = traced.infer(images, state, 0, "", generator=torch.Generator().manual_seed(2)).positions
+    b = eager.infer(images, state, 0, "", generator=torch.Generator().manual_seed(2)).positions
+    assert len(traced.policy.inference_trace) == 1 and not traced.policy.inference_trace.failures
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
 def test_num_steps_zero_uses_the_policy_s_own_and_a_number_overrides_it(setup) -> None:
     images, state = observation(PolicyRunner.from_config(inference(setup["pre"])))
     runs = {}

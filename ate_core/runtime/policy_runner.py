@@ -110,6 +110,7 @@ class PolicyRunner:
                          "(reduced precision is CUDA autocast only)")
             dtype = torch.float32
         loaded = load_pretrained(cfg.checkpoint, device)
+        loaded.policy.trace_for_inference(cfg.trace)
         period_ns = _action_period_ns(cfg, loaded, source)
         guidance, hook = (None, None)
         if cfg.guidance:
@@ -124,6 +125,7 @@ class PolicyRunner:
         return {"checkpoint": str(self.loaded.path), "policy": self.loaded.policy_type,
                 "device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""),
                 "guidance": "on" if self.step_hook is not None else "off",
+                "traced": "on" if self.policy.inference_trace is not None else "off",
                 "cameras": ",".join(self.cameras), "n_obs_steps": str(self.n_obs_steps),
                 "horizon": str(self.horizon), "n_action_steps": str(self.n_action_steps),
                 "action_period_ms": f"{self.action_period_ns / 1e6:g}"}

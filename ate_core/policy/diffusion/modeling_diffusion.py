@@ -115,9 +115,9 @@ class DiffusionPolicy(Policy):
         mask = cond.action_mask[:, None, :]
         x_in = torch.where(mask, x_t, torch.zeros_like(x_t)).to(dtype)
         if isinstance(self.denoiser, ConditionalUnet1D):
-            out = self.denoiser(x_in, t, cond.tokens.flatten(1))
+            out = self._step_network(self.denoiser, x_in, t, cond.tokens.flatten(1))
         else:
-            out = self.denoiser(x_in, t, cond.tokens)
+            out = self._step_network(self.denoiser, x_in, t, cond.tokens)
         return self.padding_consistent(out.to(x_t.dtype), x_t, t, cond.action_mask)
 
     def padding_consistent(self, model_output: torch.Tensor, x_t: torch.Tensor, t: Timestep,

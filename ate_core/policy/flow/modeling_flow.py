@@ -34,9 +34,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
+from torch import nn
 
 from ate_core.policy.base import Batch, DenoiseStep, Observation, Policy, StepHook, TrainingTerms
 from ate_core.policy.encoder import ObservationEncoder
@@ -123,6 +124,18 @@ def sample_beta(alpha: float, beta: float, n: int, *, generator: Optional[torch.
     return out.to(dtype)
 
 
+class _CachedVelocity(nn.Module):
+    """``expert.velocity`` with the prefix cache passed as tuples of tensors."""
+
+    def __init__(self, expert: ActionExpert) -> None:
+        super().__init__()
+        self.expert = expert
+
+    def forward(self, x_tau: torch.Tensor, tau: torch.Tensor, keys: Tuple[torch.Tensor, ...],
+                values: Tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return self.expert.velocity(PrefixCache(tuple(keys), tuple(values)), x_tau, tau)
+
+
 class FlowPolicy(Policy):
     """Observation encoder + action expert, trained by flow matching, sampled by Euler steps."""
 
@@ -186,7 +199,19 @@ class FlowPolicy(Policy):
         if not torch.is_tensor(tau):
             tau = torch.full((x_tau.shape[0],), float(tau), device=x_tau.device, dtype=x_tau.dtype)
         x_in = self._real_slots(x_tau, cond.action_mask)
-        return self._real_slots(self.expert.velocity(cond.prefix, x_in, tau), cond.action_mask)
+        if self.inference_trace is None:
+            v = self.expert.velocity(cond.prefix, x_in, tau)
+        else:
+            v = self._step_network(self._velocity_step(), x_in, tau, cond.prefix.keys, cond.prefix.values)
+        return self._real_slots(v, cond.action_mask)
+
+    def _velocity_step(self) -> nn.Module:
+        """:meth:`ActionExpert.velocity` as a module of tensors (what a trace takes). Kept out of
+        the module tree (``__dict__``): its parameters are the expert's, saved once."""
+        step = self.__dict__.get("_velocity_module")
+        if step is None or step.expert is not self.expert:
+            step = self.__dict__["_velocity_module"] = _CachedVelocity(self.expert)
+        return step
 
     # -------------------------------------------------------------------------------- training
 
