@@ -27,6 +27,7 @@ import numpy as np
 import pytest
 
 from Robotic_Arm.rm_robot_interface import (
+    rm_frame_t,
     rm_realtime_push_config_t,
     rm_udp_custom_config_t,
 )
@@ -298,17 +299,38 @@ def test_blocking_movej_returns_0_at_the_target_and_reports_movej_while_running(
         assert rig.arm.rm_get_arm_current_trajectory()["trajectory_type"] == 0
 
 
-def test_movej_refused_outside_limits_and_cartesian_moves_refused_quickly():
+def test_movej_refused_outside_limits_and_an_unreachable_pose_refused_quickly():
     with connected() as rig:
         assert rig.arm.rm_movej([0, 0, 0, 0, 0, 0, 361], 50, 0, 0, 0) == 1
         rig.arm.rm_clear_system_err()
         t0 = time.monotonic()
-        assert rig.arm.rm_movel([0.3, 0, 0.3, 3.14, 0, 0], 20, 0, 0, 1) == 1
-        # movec arrives pretty-printed over many lines; it must still be parsed and answered.
-        assert rig.arm.rm_movec([0.3, 0.1, 0.3, 3.14, 0, 0], [0.3, 0.2, 0.3, 3.14, 0, 0],
-                                20, 0, 0, 0, 0) == 1
-        assert time.monotonic() - t0 < 0.4
-        assert [c.name for c in rig.emulator.commands()][-2:] == ["movel", "movec"]
+        assert rig.arm.rm_movej_p([1.5, 0, 0.3, 3.14, 0, 0], 20, 0, 0, 1) == 1
+        assert rig.arm.rm_movel([1.5, 0, 0.3, 3.14, 0, 0], 20, 0, 0, 1) == 1
+        assert time.monotonic() - t0 < 0.5
+        assert rig.arm.rm_get_current_arm_state()[1]["err"]["err"] == ["0"]
+
+
+def test_cartesian_moves_through_the_sdk_reach_their_poses_and_report_their_planning_type():
+    with connected() as rig:
+        arm = rig.arm
+        assert arm.rm_movej([0, 20, 0, 70, 0, 90, 0], 50, 0, 0, 1) == 0
+        assert arm.rm_movel([0.2, 0.0, 0.337, 3.142, 0, 3.142], 20, 0, 0, 0) == 0
+        assert wait_for(lambda: arm.rm_get_arm_current_trajectory()["trajectory_type"] == 2, 1.0)
+        assert wait_for(lambda: arm.rm_get_arm_current_trajectory()["trajectory_type"] == 0, 10.0)
+        pose = arm.rm_get_current_arm_state()[1]["pose"]
+        np.testing.assert_allclose(pose[:3], [0.2, 0.0, 0.337], atol=1e-5)
+        # movec arrives pretty-printed over many lines; it is parsed, planned and run.
+        assert arm.rm_movec([0.25, 0.05, 0.337, 3.142, 0, 3.142], [0.25, -0.05, 0.337, 3.142, 0, 3.142],
+                            50, 0, 0, 0, 1) == 0
+        np.testing.assert_allclose(arm.rm_get_current_arm_state()[1]["pose"][:3], [0.25, -0.05, 0.337],
+                                   atol=1e-5)
+        frame = rm_frame_t("probe", [0, 0, 0.1, 0, 0, 0], 0.5, 0, 0, 0.05)
+        assert arm.rm_set_manual_tool_frame(frame) == 0
+        assert arm.rm_change_tool_frame("probe") == 0
+        assert arm.rm_get_current_tool_frame()[1]["name"] == "probe"
+        np.testing.assert_allclose(arm.rm_get_current_arm_state()[1]["pose"][:3], [0.25, -0.05, 0.237],
+                                   atol=1e-4)
+        assert "movec" in [c.name for c in rig.emulator.commands()]
 
 
 def test_gripper_position_pick_and_release_reach_their_openings():

@@ -346,14 +346,39 @@ class ArmIK:
         delta_r = rotation_vector(begin[:3, :3].T @ end[:3, :3])
         count = max(1, math.ceil(float(np.linalg.norm(delta_p)) / step_m),
                     math.ceil(float(np.linalg.norm(delta_r)) / step_rad))
-        path = []
-        q = q0
+        waypoints = np.repeat(np.eye(4)[None], count + 1, axis=0)
         for k in range(count + 1):
             s = k / count
-            waypoint = np.eye(4)
-            waypoint[:3, :3] = begin[:3, :3] @ rotation_from_vector(s * delta_r)
-            waypoint[:3, 3] = begin[:3, 3] + s * delta_p
-            result = self._solve(waypoint, q, rest_q)
+            waypoints[k, :3, :3] = begin[:3, :3] @ rotation_from_vector(s * delta_r)
+            waypoints[k, :3, 3] = begin[:3, 3] + s * delta_p
+        return self._follow(waypoints, q0, rest_q, max_joint_step_rad)
+
+    def follow(self, q_start: np.ndarray, waypoints: np.ndarray, *,
+               max_joint_step_rad: float = 0.2, rest: Optional[np.ndarray] = None) -> LineResult:
+        """Joint configurations through ``waypoints`` ``[N, 4, 4]`` (targets' frame; a path of
+        :mod:`ate_core.robot.cartesian_path`), each solved from the one before, the first from
+        ``q_start``. It fails as :meth:`straight_line` does: at the first waypoint that does not
+        converge or that needs a joint to jump more than ``max_joint_step_rad``."""
+        if not (isinstance(max_joint_step_rad, (int, float)) and math.isfinite(max_joint_step_rad)
+                and max_joint_step_rad > 0):
+            raise IKInputError(f"max_joint_step_rad: {max_joint_step_rad!r} must be a finite number > 0")
+        q0 = self._joints("q_start", q_start)
+        rest_q = q0 if rest is None else self._joints("rest", rest)
+        poses = np.asarray(waypoints, dtype=np.float64)
+        if poses.ndim != 3 or poses.shape[1:] != (4, 4) or poses.shape[0] < 1:
+            raise IKInputError(f"waypoints: expected [N, 4, 4] poses, got shape {poses.shape}")
+        goals = np.stack([self._to_arm_base(_rigid_transform(f"waypoints[{k}]", p))
+                          for k, p in enumerate(poses)])
+        return self._follow(goals, q0, rest_q, max_joint_step_rad)
+
+    def _follow(self, goals: np.ndarray, q0: np.ndarray, rest: np.ndarray,
+                max_joint_step_rad: float) -> LineResult:
+        """:meth:`follow` with ``goals`` already in the arm's base frame."""
+        count = goals.shape[0] - 1
+        path = []
+        q = q0
+        for k, waypoint in enumerate(goals):
+            result = self._solve(waypoint, q, rest)
             if not result.converged:
                 return LineResult(np.array(path).reshape(-1, self.model.dof), False, k, count + 1,
                                   f"waypoint {k} of {count}: did not converge (position error "
@@ -361,12 +386,40 @@ class ArmIK:
                                   f"{result.rotation_error_rad:.4f} rad)")
             jump = float(np.max(np.abs(result.q_rad - q)))
             if k > 0 and jump > max_joint_step_rad:
-                return LineResult(np.array(path).reshape(-1, self.model.dof), False, k, count + 1,
-                                  f"waypoint {k} of {count}: a joint jumps {jump:.3f} rad "
-                                  f"(> {max_joint_step_rad} rad) from the waypoint before")
+                bridged = self._bridge(goals[k - 1], waypoint, q, rest, max_joint_step_rad)
+                if bridged is None:
+                    return LineResult(np.array(path).reshape(-1, self.model.dof), False, k,
+                                      count + 1, f"waypoint {k} of {count}: a joint jumps "
+                                      f"{jump:.3f} rad (> {max_joint_step_rad} rad) from the "
+                                      f"waypoint before, at any finer step")
+                result = bridged
             path.append(result.q_rad)
             q = result.q_rad
         return LineResult(np.array(path), True, None, count + 1)
+
+    def _bridge(self, before: np.ndarray, goal: np.ndarray, q: np.ndarray, rest: np.ndarray,
+                max_joint_step_rad: float) -> Optional[IKResult]:
+        """A large joint change between two close waypoints is either fast motion near a
+        singularity (it shrinks with the step) or a jump to another branch (it does not).
+        Tell them apart by solving finer steps between the two poses (4, then 32): the
+        solution at ``goal`` reached through steps that each move the joints less than a
+        quarter of ``max_joint_step_rad``, or None."""
+        delta_p = goal[:3, 3] - before[:3, 3]
+        delta_r = rotation_vector(before[:3, :3].T @ goal[:3, :3])
+        for n in (4, 32):
+            q_k, worst, result = q, 0.0, None
+            for i in range(1, n + 1):
+                pose = np.eye(4)
+                pose[:3, :3] = before[:3, :3] @ rotation_from_vector(i / n * delta_r)
+                pose[:3, 3] = before[:3, 3] + i / n * delta_p
+                result = self._solve(pose, q_k, rest)
+                if not result.converged:
+                    return None
+                worst = max(worst, float(np.max(np.abs(result.q_rad - q_k))))
+                q_k = result.q_rad
+            if worst <= 0.25 * max_joint_step_rad:
+                return result
+        return None
 
     def _to_arm_base(self, pose: np.ndarray) -> np.ndarray:
         return pose if self._base_inverse is None else self._base_inverse @ pose

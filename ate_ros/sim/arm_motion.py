@@ -14,6 +14,8 @@ What differs between modes is only how the reference is produced:
 - pass-through, high follow: the reference jumps to each target (the controller hands targets
   straight to the joints); the tracker still enforces the limits;
 - planned `movej`: a synchronised trapezoid in joint space at `v` percent of the speed limit;
+  planned Cartesian motions (`realman_cartesian`) run joint paths on the same kind of profile,
+  segments back to back (`run_paths`);
 - hold: the reference stays where the arm is.
 
 `set_arm_stop` zeroes the velocity at once (that is what the controller's quick stop does);
@@ -28,11 +30,14 @@ from typing import Hashable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ate_core.robot.cartesian_path import TimedJointPath
 from ate_core.robot.models import GRIPPER_MAX_OPENING_M, ArmModel
 
 #: System error "target angle over limit" (RealMan errorList 0x1002), raised when a target
 #: lies outside the joint range; it stays in `err` until `clear_system_err`.
 ERR_TARGET_OVER_LIMIT = 0x1002
+#: The planned motions' `arm_current_status` and their `get_arm_current_trajectory` type.
+PLANNED_TYPES = {"move_J": "movej", "move_L": "movel", "move_C": "movec", "move_S": "moves"}
 
 #: `device` field of the controller's `current_trajectory_state` completion event.
 ARM_DEVICE = 0
@@ -63,6 +68,9 @@ class ArmStatus:
 
     IDLE = "idle"
     MOVE_J = "move_J"
+    MOVE_L = "move_L"
+    MOVE_C = "move_C"
+    MOVE_S = "move_S"
     MOVE_THROUGH_JOINT = "move_through_joint"
     STOP = "stop"
     SLOW_STOP = "slow_stop"
@@ -104,49 +112,9 @@ def _stopping_speed(distance: np.ndarray, accel: np.ndarray, dt: float) -> np.nd
     return np.minimum(adt * m, d / dt)
 
 
-class _JointMove:
-    """Synchronised joint-space trapezoid: all joints start and stop together on a straight
-    line in joint space, the slowest joint (relative to its distance) setting the pace."""
-
-    def __init__(self, start: np.ndarray, goal: np.ndarray, vmax: np.ndarray,
-                 amax: np.ndarray) -> None:
-        self.start = start.copy()
-        self.goal = goal.copy()
-        self._delta = goal - start
-        dist = np.abs(self._delta)
-        moving = dist > 1e-12
-        if not np.any(moving):
-            self.duration = 0.0
-            self._t_acc = 0.0
-            self._v_s = 0.0
-            self._a_s = 1.0
-            return
-        v_s = float(np.min(vmax[moving] / dist[moving]))
-        a_s = float(np.min(amax[moving] / dist[moving]))
-        if v_s * v_s / a_s >= 1.0:
-            # Too short to reach cruise speed: a triangle profile.
-            t_acc = math.sqrt(1.0 / a_s)
-            v_s = a_s * t_acc
-            self.duration = 2.0 * t_acc
-        else:
-            t_acc = v_s / a_s
-            self.duration = 1.0 / v_s + t_acc
-        self._t_acc = t_acc
-        self._v_s = v_s
-        self._a_s = a_s
-
-    def position_at(self, t: float) -> np.ndarray:
-        if t >= self.duration:
-            return self.goal.copy()
-        t = max(t, 0.0)
-        t_acc, v_s, a_s, total = self._t_acc, self._v_s, self._a_s, self.duration
-        if t < t_acc:
-            s = 0.5 * a_s * t * t
-        elif t < total - t_acc:
-            s = 0.5 * v_s * t_acc + v_s * (t - t_acc)
-        else:
-            s = 1.0 - 0.5 * a_s * (total - t) ** 2
-        return self.start + s * self._delta
+def speed_fraction(speed_percent: float) -> float:
+    """A command's `v` (percent) as the fraction of the limits a planned move runs at."""
+    return min(max(float(speed_percent), 1.0), 100.0) / 100.0
 
 
 def _mdh_flange_transform(model: ArmModel, q_rad: np.ndarray) -> np.ndarray:
@@ -207,7 +175,11 @@ class FlangePose:
 
 def flange_pose(model: ArmModel, q_rad: np.ndarray) -> FlangePose:
     """The flange pose at joint angles `q_rad`, as the controller reports it."""
-    t = _mdh_flange_transform(model, np.asarray(q_rad, dtype=float))
+    return reported_pose(_mdh_flange_transform(model, np.asarray(q_rad, dtype=float)))
+
+
+def reported_pose(t: np.ndarray) -> FlangePose:
+    """A 4x4 pose in the forms the controller reports."""
     p = t[:3, 3]
     return FlangePose((float(p[0]), float(p[1]), float(p[2])), _euler_xyz(t[:3, :3]),
                       _quaternion_wxyz(t[:3, :3]))
@@ -244,8 +216,9 @@ class ArmMotion:
         self._last_stream_now: Optional[float] = None
         self._stream_period_s: Optional[float] = None
         self._since_stream_s = 0.0
-        # planned move
-        self._move: Optional[_JointMove] = None
+        # planned move: segments run back to back (trajectory_connect), the arrival after the last
+        self._move: Optional[TimedJointPath] = None
+        self._queue: List[Tuple[TimedJointPath, str]] = []
         self._move_elapsed_s = 0.0
         self._move_tag: Hashable = None
         # slow stop: per-joint deceleration that brings all joints to rest together
@@ -274,8 +247,22 @@ class ArmMotion:
 
     @property
     def planned_move_active(self) -> bool:
-        """True while a `movej` runs: the controller then reports trajectory type `movej`."""
+        """True while a planned move runs: the controller then reports its trajectory type."""
         return self._move is not None
+
+    @property
+    def planned_type(self) -> str:
+        """`get_arm_current_trajectory`'s type: movej, movel, movec, moves or none."""
+        return PLANNED_TYPES.get(self._status, "none") if self._move is not None else "none"
+
+    @property
+    def vmax_rad_s(self) -> np.ndarray:
+        return self._vmax.copy()
+
+    @property
+    def plan_acceleration_rad_s2(self) -> np.ndarray:
+        """What a planned move accelerates at, at most."""
+        return self._amax * PLAN_ACCELERATION_FRACTION
 
     def within_limits(self, q_rad: np.ndarray) -> bool:
         eps = 1e-9
@@ -334,6 +321,7 @@ class ArmMotion:
         if self._status != ArmStatus.MOVE_THROUGH_JOINT:
             # Taking over from rest, a planned move or a stop: start from where the arm is.
             self._move = None
+            self._queue = []
             self._ref = self._q.copy()
         self._seg_from = self._ref.copy()
         self._seg_to = target
@@ -352,13 +340,27 @@ class ArmMotion:
         target = self._checked_target(target_rad)
         if target is None:
             return False
-        fraction = min(max(float(speed_percent), 1.0), 100.0) / 100.0
-        self._move = _JointMove(self._q, target, self._vmax * fraction,
-                                self._amax * PLAN_ACCELERATION_FRACTION)
+        fraction = speed_fraction(speed_percent)
+        return self.run_paths([(TimedJointPath(np.stack([self._q, target]), self._vmax * fraction,
+                                               self.plan_acceleration_rad_s2), ArmStatus.MOVE_J)],
+                              tag)
+
+    def run_paths(self, segments: Sequence[Tuple[TimedJointPath, str]], tag: Hashable = None) -> bool:
+        """Run planned segments back to back from where the arm is (each one's first point is
+        the one before's last; the first's is the arm's joints), each reporting its status
+        (`ArmStatus.MOVE_J`/`MOVE_L`/`MOVE_C`/`MOVE_S`); one arrival after the last. Replaces a
+        running plan, which then never reports arrival."""
+        if not self._powered or not segments:
+            return False
+        for path, status in segments:
+            if status not in PLANNED_TYPES or not self.within_limits(path.q.min(axis=0)) \
+                    or not self.within_limits(path.q.max(axis=0)):
+                return False
+        self._move, self._status = segments[0]
+        self._queue = list(segments[1:])
         self._move_elapsed_s = 0.0
         self._move_tag = tag
         self._ref = self._q.copy()
-        self._status = ArmStatus.MOVE_J
         return True
 
     def stop(self) -> None:
@@ -366,6 +368,7 @@ class ArmMotion:
         self._v[:] = 0.0
         self._ref = self._q.copy()
         self._move = None
+        self._queue = []
         self._last_stream_now = None
         self._stream_period_s = None
         self._status = ArmStatus.STOP
@@ -373,6 +376,7 @@ class ArmMotion:
     def slow_stop(self) -> None:
         """Decelerate all joints to rest together (same direction, limits respected)."""
         self._move = None
+        self._queue = []
         self._last_stream_now = None
         self._stream_period_s = None
         speed = np.abs(self._v)
@@ -402,6 +406,7 @@ class ArmMotion:
         self._stream_period_s = None
         self._since_stream_s = 0.0
         self._move = None
+        self._queue = []
         self._move_elapsed_s = 0.0
         self._move_tag = None
         self._slow_decel = np.zeros_like(q)
@@ -418,8 +423,11 @@ class ArmMotion:
             return arrivals
         if self._status == ArmStatus.STOP:
             return arrivals
-        if self._status == ArmStatus.MOVE_J and self._move is not None:
+        if self._status in PLANNED_TYPES and self._move is not None:
             self._move_elapsed_s += dt
+            while self._queue and self._move_elapsed_s >= self._move.duration:
+                self._move_elapsed_s -= self._move.duration
+                self._move, self._status = self._queue.pop(0)
             ref_next = self._move.position_at(self._move_elapsed_s)
         elif self._status == ArmStatus.MOVE_THROUGH_JOINT:
             self._seg_elapsed_s += dt
@@ -433,8 +441,8 @@ class ArmMotion:
             ref_next = self._ref
         self._track(ref_next, dt)
 
-        if self._status == ArmStatus.MOVE_J and self._move is not None:
-            if (self._move_elapsed_s >= self._move.duration
+        if self._status in PLANNED_TYPES and self._move is not None:
+            if (not self._queue and self._move_elapsed_s >= self._move.duration
                     and np.max(np.abs(self._move.goal - self._q)) <= ARRIVAL_TOLERANCE_RAD
                     and np.max(np.abs(self._v)) <= ARRIVAL_SPEED_RAD_S):
                 arrivals.append(Arrival(ARM_DEVICE, self._move_tag))

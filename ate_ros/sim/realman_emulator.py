@@ -443,7 +443,11 @@ class RealManEmulator:
         if unresponsive:
             return
         with self._lock:
-            reply = self._controller.handle(msg, conn.id, now)
+            prepared = self._controller.prepare(msg)
+        if prepared is not None:  # a motion the controller plans: IK along it, off the lock
+            prepared = self._controller.plan(prepared)
+        with self._lock:
+            reply = self._controller.handle(msg, conn.id, now, prepared)
         if reply is not None:
             conn.send(reply)
 

@@ -15,9 +15,11 @@ Choices where the real controller's behaviour is not documented:
   that does not know the command plausibly says. SDK calls whose reply carries the request's
   name then fail at once (-3, e.g. `rm_set_arm_pause`) instead of looking like a network
   fault; calls that expect another name (e.g. `rm_get_joint_en_state`) still time out (-2);
-- Cartesian motion (`movel`, `movej_p`, `movec`, `moves`) is refused with
-  `receive_state: false` (no inverse kinematics here); `movep_canfd`/`movep_follow` are logged
-  and ignored (they have no reply to refuse with);
+- Cartesian motion (`movej_p`, `movel`, `movec`, `moves`, `trajectory_connect`) and the work
+  and tool frames are `realman_cartesian`'s: planned by inverse kinematics off the server's
+  lock (`prepare`, `plan`, `handle`), refused with `receive_state: false` where the arm cannot
+  reach or follow; `movep_canfd`/`movep_follow` are logged and ignored (they have no reply to
+  refuse with);
 - a refused `movej` target also answers `receive_state: false` and latches 0x1002;
 - completion events go to the connection that sent the command (motions are tagged with it);
   a quick stop sends none, so a blocking `rm_movej` interrupted by `set_arm_stop` ends in the
@@ -29,6 +31,7 @@ Choices where the real controller's behaviour is not documented:
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import ipaddress
 import json
 import logging
@@ -45,9 +48,10 @@ from ate_ros.sim.arm_motion import (
     ArmMotion,
     Arrival,
     GripperMotion,
-    flange_pose,
     opening_m_to_wire,
 )
+from ate_core.robot.cartesian_path import TimedJointPath
+from ate_ros.sim.realman_cartesian import CartesianController, PlanRequest, Refused
 
 _LOG = logging.getLogger(__name__)
 
@@ -186,6 +190,23 @@ def completion_event(device: int) -> Json:
             "trajectory_connect": 0}
 
 
+#: Motions the controller plans (realman_cartesian); movej joins them when trajectory_connect
+#: is used.
+_PLANNED = frozenset({"movej_p", "movel", "movec", "moves"})
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A planned motion between `ControllerProtocol.prepare` and `handle`: the queue to plan
+    (None while `trajectory_connect` keeps it waiting), its segments once planned, or why it
+    is refused."""
+
+    command: str
+    request: Optional[PlanRequest]
+    segments: Tuple[Tuple[TimedJointPath, str], ...] = ()
+    error: str = ""
+
+
 #: A command handler: (request, connection id, receive time) -> reply, or None for no reply.
 Handler = Callable[[Json, int, float], Optional[Json]]
 
@@ -262,17 +283,31 @@ class ControllerProtocol:
         self.gripper = GripperMotion(initial_gripper)
         self.plant = plant if plant is not None else Plant(self.motion, self.gripper)
         self.push = push
+        self.cartesian = CartesianController(model, self.motion)
         self._warned: Set[str] = set()
         self._handlers: Dict[str, Handler] = {
             "get_arm_software_info": self._h_software_info,
             "get_arm_current_trajectory": self._h_current_trajectory,
             "get_realtime_push": self._h_get_realtime_push,
             "set_realtime_push": self._h_set_realtime_push,
-            "get_current_work_frame": lambda p, c, t: {
-                "state": "current_work_frame", "frame_name": "World", "pose": [0] * 6},
-            "get_current_tool_frame": lambda p, c, t: {
-                "state": "current_tool_frame", "tool_name": "Arm_Tip", "pose": [0] * 6,
-                "payload": 0, "position": [0, 0, 0]},
+            "get_current_work_frame": lambda p, c, t: self.cartesian.work_reply(
+                "current_work_frame", self.cartesian.current_work),
+            "get_current_tool_frame": lambda p, c, t: self.cartesian.tool_reply(
+                "current_tool_frame", self.cartesian.current_tool),
+            "get_total_work_frame": lambda p, c, t: {
+                "state": "total_work_frame", "frame_names": list(self.cartesian.work)},
+            "get_total_tool_frame": lambda p, c, t: {
+                "state": "total_tool_frame", "tool_names": list(self.cartesian.tools)},
+            "get_work_frame": self._h_given_frame,
+            "get_tool_frame": self._h_given_frame,
+            "set_manual_work_frame": self._h_frame_change,
+            "update_work_frame": self._h_frame_change,
+            "set_change_work_frame": self._h_frame_change,
+            "set_delete_work_frame": self._h_frame_change,
+            "set_manual_tool_frame": self._h_frame_change,
+            "update_tool_frame": self._h_frame_change,
+            "set_change_tool_frame": self._h_frame_change,
+            "set_delete_tool_frame": self._h_frame_change,
             "get_install_pose": lambda p, c, t: {"state": "install_pose", "pose": [0, 0, 0]},
             "get_joint_min_pos": lambda p, c, t: {
                 "state": "joint_min_pos", "min_pos": _milli_deg(self.model.lower_rad)},
@@ -291,10 +326,10 @@ class ControllerProtocol:
             "movej_follow": self._h_movej_canfd,
             "movep_canfd": self._h_ignored_cartesian,
             "movep_follow": self._h_ignored_cartesian,
-            "movel": self._h_refused_cartesian,
-            "movej_p": self._h_refused_cartesian,
-            "movec": self._h_refused_cartesian,
-            "moves": self._h_refused_cartesian,
+            "movel": self._h_planned,
+            "movej_p": self._h_planned,
+            "movec": self._h_planned,
+            "moves": self._h_planned,
             "set_arm_stop": self._h_stop,
             "set_arm_slow_stop": self._h_slow_stop,
             "set_arm_delete_trajectory": self._h_delete_trajectory,
@@ -312,10 +347,39 @@ class ControllerProtocol:
                 "state": "arm_power_state", "power_state": int(self.motion.powered)},
         }
 
-    def handle(self, request: Json, connection: int, now: float) -> Optional[Json]:
+    def prepare(self, request: Json) -> Optional[Prepared]:
+        """First of the two halves of a motion the controller plans (movej_p, movel, movec,
+        moves; movej with `trajectory_connect` or after one): queue it and take the snapshot
+        to plan from. The server then calls :meth:`plan` without its lock and passes the
+        result to :meth:`handle`. None for every other command (and a queued motion)."""
+        name = request.get("command")
+        connect = request.get("trajectory_connect", 0)
+        if name not in _PLANNED and not (name == "movej" and (connect == 1 or self.cartesian.queued)):
+            return None
+        try:
+            return Prepared(name, self.cartesian.request(name, request))
+        except (KeyError, TypeError, ValueError) as exc:
+            self.cartesian.drop_queue()
+            return Prepared(name, None, error=f"{type(exc).__name__}: {exc}")
+
+    def plan(self, prepared: Prepared) -> Prepared:
+        """The joint paths of a prepared queue (no state is read or written: no lock needed)."""
+        if prepared.request is None or prepared.error:
+            return prepared
+        try:
+            return dataclasses.replace(prepared, segments=tuple(self.cartesian.plan(prepared.request)))
+        except (Refused, KeyError, TypeError, ValueError) as exc:
+            return dataclasses.replace(prepared, error=str(exc))
+
+    def handle(self, request: Json, connection: int, now: float,
+               prepared: Optional[Prepared] = None) -> Optional[Json]:
         """Execute `request` (a JSON object with a `command` name) received at `now` on
-        `connection`; return the reply to send, or None where the controller sends none."""
+        `connection`; return the reply to send, or None where the controller sends none.
+        `prepared`: the planned half of a motion (:meth:`prepare`, :meth:`plan`); without it
+        a planned motion is queued and planned here."""
         name = request["command"]
+        if prepared is not None:
+            return self._finish_planned(prepared, connection)
         handler = self._handlers.get(name)
         try:
             if handler is None:
@@ -341,7 +405,7 @@ class ControllerProtocol:
         n = self.model.dof
         cfg = self.push
         q = self.plant.joints_rad()
-        pose = flange_pose(self.model, q)
+        pose = self.cartesian.reported_pose(q)
         tel = self._joint_telemetry()
         joint_status: Json = {
             "joint_current": tel["current"],
@@ -377,7 +441,7 @@ class ControllerProtocol:
 
     # ---- wire views of the state ----------------------------------------------------------------
     def _wire_pose(self) -> List[int]:
-        pose = flange_pose(self.model, self.plant.joints_rad())
+        pose = self.cartesian.reported_pose(self.plant.joints_rad())
         return ([int(round(x * 1e6)) for x in pose.position_m]
                 + [int(round(a * 1000)) for a in pose.euler_rad])
 
@@ -406,7 +470,7 @@ class ControllerProtocol:
 
     def _h_current_trajectory(self, p: Json, c: int, now: float) -> Json:
         # Blocking rm_movej polls this; "none" while it waits makes it return -6.
-        kind = "movej" if self.motion.planned_move_active else "none"
+        kind = self.motion.planned_type
         return {"state": "arm_current_trajectory", "type": kind,
                 "data": _milli_deg(self.plant.joints_rad())}
 
@@ -478,8 +542,65 @@ class ControllerProtocol:
             "err": self._wire_errors()}}
 
     def _h_movej(self, p: Json, c: int, now: float) -> Json:
+        if int(p.get("trajectory_connect", 0) or 0) == 1 or self.cartesian.queued:
+            return self._h_planned(p, c, now)
         ok = self.motion.move_joints(self._joints_from(p), float(p.get("v", 20)), tag=c)
         return {"command": "movej", "receive_state": ok}
+
+    def _h_planned(self, p: Json, c: int, now: float) -> Json:
+        """A motion planned by the controller (realman_cartesian), or queued for the next."""
+        prepared = self.prepare(p)
+        assert prepared is not None
+        return self._finish_planned(self.plan(prepared), c)
+
+    def _finish_planned(self, prepared: Prepared, c: int) -> Json:
+        if prepared.error:
+            self.cartesian.drop_queue()
+            _LOG.warning("%s refused: %s", prepared.command, prepared.error)
+            ok = False
+        elif prepared.request is None:
+            ok = True  # queued until a motion with trajectory_connect 0
+        else:
+            ok = self.cartesian.start(prepared.segments, tag=c)
+        return {"command": prepared.command, "receive_state": ok}
+
+    _FRAME_REPLY_KEYS = {
+        "set_manual_work_frame": "manual_work_frame", "update_work_frame": "update_state",
+        "set_change_work_frame": "change_work_frame", "set_delete_work_frame": "delete_work_frame",
+        "set_manual_tool_frame": "manual_tool_frame", "update_tool_frame": "update_state",
+        "set_change_tool_frame": "change_tool_frame", "set_delete_tool_frame": "delete_tool_frame",
+    }
+
+    def _h_frame_change(self, p: Json, c: int, now: float) -> Json:
+        name = p["command"]
+        cart = self.cartesian
+        kind = "tool" if "tool" in name else "work"
+        frame = p.get("tool_name") if kind == "tool" else p.get("frame_name")
+        try:
+            if name.startswith("set_manual_") or name.startswith("update_"):
+                create = name.startswith("set_manual_")
+                if kind == "tool":
+                    cart.set_tool(frame, p, create=create)
+                else:
+                    cart.set_work(frame, p.get("frame_pose"), create=create)
+            elif name.startswith("set_change_"):
+                cart.change(kind, frame)
+            else:
+                cart.delete(kind, frame)
+            ok = True
+        except (Refused, KeyError, TypeError, ValueError) as exc:
+            _LOG.warning("%s refused: %s", name, exc)
+            ok = False
+        return {"command": name, self._FRAME_REPLY_KEYS[name]: ok}
+
+    def _h_given_frame(self, p: Json, c: int, now: float) -> Json:
+        cart = self.cartesian
+        if p["command"] == "get_tool_frame":
+            if p.get("tool_name") in cart.tools:
+                return cart.tool_reply("given_tool_frame", p["tool_name"])
+        elif p.get("frame_name") in cart.work:
+            return cart.work_reply("given_work_frame", p["frame_name"])
+        return {"command": p["command"], "get_state": False}
 
     def _h_movej_canfd(self, p: Json, c: int, now: float) -> None:
         # 3rd-gen controllers never answer pass-through; failures only show in the push.
@@ -492,20 +613,18 @@ class ControllerProtocol:
                         p["command"])
         return None
 
-    def _h_refused_cartesian(self, p: Json, c: int, now: float) -> Json:
-        self._warn_once(p["command"], "%s refused: the emulator has no inverse kinematics",
-                        p["command"])
-        return {"command": p["command"], "receive_state": False}
-
     def _h_stop(self, p: Json, c: int, now: float) -> Json:
+        self.cartesian.drop_queue()
         self.motion.stop()
         return {"command": "set_arm_stop", "arm_stop": True}
 
     def _h_slow_stop(self, p: Json, c: int, now: float) -> Json:
+        self.cartesian.drop_queue()
         self.motion.slow_stop()
         return {"command": "set_arm_slow_stop", "arm_slow_stop": True}
 
     def _h_delete_trajectory(self, p: Json, c: int, now: float) -> Json:
+        self.cartesian.drop_queue()
         self.motion.slow_stop()
         return {"command": "set_arm_delete_trajectory", "arm_delete_trajectory": True}
 
