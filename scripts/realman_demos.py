@@ -5,15 +5,16 @@ bundles, against the project's controller emulator, and report every SDK call's 
     .venv/bin/python scripts/realman_demos.py PATH/TO/RM_API2 [--demo SimpleProcess ...]
 
 Nothing is fetched: PATH is a local checkout (or copy) of RealManRobot/RM_API2. Each demo runs in
-its own Python process, from its own folder, exactly as `python src/main.py` would run it, with
+its own Python process, from its own `src` folder (where its relative paths, `../data/...`, resolve) as `python main.py`, with
 two differences the hardware makes necessary and the demo cannot see: the controller addresses
 it hard-codes (192.168.1.18 and .19, port 8080) are mapped onto emulators on loopback
 (`rm_create_robot_arm` is given the emulator's address), and every method of the bundled
 `RoboticArm` is wrapped to record its return code. The emulators are RM75-B controllers (the
-robot's arms), started fresh for each demo.
+robot's arms; MovejCANFD: RM65-B, see DEMOS), started fresh for each demo.
 
-A demo passes when it exits normally and every SDK call returned 0 (a handle with an id for
-`rm_create_robot_arm`). Exit status: 0 when every demo passed, 1 otherwise, 2 for a bad PATH.
+A demo passes when it exits normally, every SDK call returned 0 (a handle with an id for
+`rm_create_robot_arm`) and it printed no error or failure (the demos catch their exceptions
+and print them). Exit status: 0 when every demo passed, 1 otherwise, 2 for a bad PATH.
 `--json FILE` writes the calls, the return codes and the versions.
 """
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -33,8 +35,14 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-#: The demos this script knows, and how many controllers each one talks to.
-DEMOS = {"SimpleProcess": 1, "Moves": 1, "DoubleRoboticArm": 2, "MovejCANFD": 1, "Gripper": 1}
+#: The demos this script knows: how many controllers each one talks to, and their model. The
+#: robot's arms are RM75-B; MovejCANFD replays drag-taught points from a file, and RM_API2
+#: ships that file for RM65/RM63 and ECO65 only, so it runs against an RM65-B.
+DEMOS = {"SimpleProcess": (1, "RM75-B"), "Moves": (1, "RM75-B"), "DoubleRoboticArm": (2, "RM75-B"),
+         "MovejCANFD": (1, "RM65-B"), "Gripper": (1, "RM75-B")}
+#: What RealMan's demos print when something went wrong, an exception they caught included
+#: ("Error in main: ...", "movej motion failed, Error code: 1").
+FAILURE_OUTPUT = re.compile(r"\b(error|failed|fail)\b", re.IGNORECASE)
 #: The controller addresses RealMan's demos use (rm_docs dual-arm demo: .18 and .19).
 DEMO_ADDRESSES = ("192.168.1.18", "192.168.1.19")
 DEMO_TIMEOUT_S = 300.0
@@ -45,7 +53,7 @@ def _child(main_py: Path, addresses: Dict[str, List[object]], record: Path) -> N
     """Run one demo's `src/main.py` in this process with `RoboticArm` instrumented."""
     root = main_py.parent.parent
     sys.path[:0] = [str(main_py.parent), str(root)]
-    os.chdir(root)
+    os.chdir(main_py.parent)  # where the demos' relative paths (../data/...) resolve
     from src.Robotic_Arm import rm_robot_interface as sdk  # the SDK the demo bundles
 
     calls: List[Dict[str, object]] = []
@@ -93,14 +101,15 @@ def _free_udp_port() -> int:
         return s.getsockname()[1]
 
 
-def run_demo(folder: Path, name: str, model: str = "RM75-B") -> Dict[str, object]:
+def run_demo(folder: Path, name: str) -> Dict[str, object]:
     from ate_ros.sim.realman_emulator import RealManEmulator
 
     main_py = folder / "src" / "main.py"
+    arms, model = DEMOS[name]
     emulators = []
     try:
         addresses: Dict[str, List[object]] = {}
-        for i in range(DEMOS.get(name, 1)):
+        for i in range(arms):
             ip = f"127.0.0.{2 + i}"
             emulator = RealManEmulator(model=model, ip=ip, tcp_port=0, push_port=_free_udp_port())
             emulator.start()
@@ -111,7 +120,7 @@ def run_demo(folder: Path, name: str, model: str = "RM75-B") -> Dict[str, object
             cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(main_py),
                    "--addresses", json.dumps(addresses), "--record", str(record)]
             try:
-                proc = subprocess.run(cmd, cwd=folder, capture_output=True, text=True,
+                proc = subprocess.run(cmd, cwd=main_py.parent, capture_output=True, text=True,
                                       timeout=DEMO_TIMEOUT_S)
                 rc, out = proc.returncode, proc.stdout + proc.stderr
             except subprocess.TimeoutExpired as e:
@@ -123,8 +132,10 @@ def run_demo(folder: Path, name: str, model: str = "RM75-B") -> Dict[str, object
             emulator.stop()
     calls = data["calls"]
     failed = [c for c in calls if c["code"] != 0]
-    return {"demo": name, "exit_code": rc, "sdk": data["sdk"], "calls": calls,
-            "failed": failed, "passed": rc == 0 and bool(calls) and not failed,
+    complaints = [line.strip() for line in out.splitlines() if FAILURE_OUTPUT.search(line)]
+    return {"demo": name, "model": model, "exit_code": rc, "sdk": data["sdk"], "calls": calls,
+            "failed": failed, "complaints": complaints,
+            "passed": rc == 0 and bool(calls) and not failed and not complaints,
             "controller_commands": commands, "output": out}
 
 
@@ -154,7 +165,7 @@ def main(argv: List[str] | None = None) -> int:
                                   text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         pass
-    print(f"RM_API2 {args.rm_api2} (revision {revision}); emulated controllers: RM75-B on loopback")
+    print(f"RM_API2 {args.rm_api2} (revision {revision}); emulated controllers on loopback")
     results = []
     for name in args.demo or list(DEMOS):
         folder = base / f"RMDemo_{name}"
@@ -167,11 +178,13 @@ def main(argv: List[str] | None = None) -> int:
         for c in result["calls"]:
             counts[c["call"]] = counts.get(c["call"], 0) + 1
         verdict = "PASS" if result["passed"] else "FAIL"
-        print(f"{verdict} {name}: SDK {result['sdk']}, exit {result['exit_code']}, "
+        print(f"{verdict} {name}: {result['model']}, SDK {result['sdk']}, exit {result['exit_code']}, "
               f"{len(result['calls'])} SDK calls, {len(result['failed'])} not 0")
         print("     " + ", ".join(f"{k} x{v}" for k, v in counts.items()))
         for c in result["failed"]:
             print(f"     {c['call']} returned {c['code']}")
+        for line in result["complaints"]:
+            print(f"     the demo printed: {line}")
         if args.verbose or not result["passed"]:
             print("     output:\n" + "\n".join("       " + line for line in
                                                str(result["output"]).splitlines()[-40:]))

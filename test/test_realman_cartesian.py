@@ -172,3 +172,33 @@ def test_tool_and_work_frames_change_what_poses_mean():
         "command": "get_work_frame", "get_state": False}
     for name in ("a" * 11, ""):
         assert not c.handle({**work, "frame_name": name}, 1, 0.0)["manual_work_frame"]
+
+
+def test_drag_teaching_follows_the_hand_records_the_joints_and_saves_them():
+    c = controller()
+    start = c.motion.joints_rad
+    assert c.handle({"command": "save_trajectory"}, 1, 0.0)[-1] == {
+        "command": "save_trajectory", "save_state": False, "total_num": 0}  # nothing recorded
+    assert c.handle({"command": "start_drag_teach", "trajectory_record": 1}, 1, 0.0) == {
+        "command": "start_drag_teach", "drag_teach": True}
+    assert c.push_packet()["arm_current_status"] == "current_drag"
+    assert not c.handle({"command": "movej", "joint": [0] * 7, "v": 50}, 1, 0.0)["receive_state"]
+    assert c.motion.hand_guide(start + np.radians([10, -5, 0, 5, 0, 0, 20]))
+    for _ in range(200):  # 1 s: the hand is followed within the joints' limits
+        c.step(PUSH_CYCLE_UNIT_S)
+    np.testing.assert_allclose(c.motion.joints_rad, start + np.radians([10, -5, 0, 5, 0, 0, 20]), atol=1e-9)
+    assert c.motion.hand_guide(np.full(7, 100.0))  # far outside: held at the limits
+    for _ in range(2000):
+        c.step(PUSH_CYCLE_UNIT_S)
+    np.testing.assert_allclose(c.motion.joints_rad, c.model.upper_rad, atol=1e-9)
+    assert c.handle({"command": "stop_drag_teach"}, 1, 0.0)["drag_teach"]
+    assert not c.motion.hand_guide(start)  # the hand moves nothing once teaching is off
+    saved = c.handle({"command": "save_trajectory"}, 1, 0.0)
+    assert saved[-1] == {"command": "save_trajectory", "save_state": True, "total_num": 2201}
+    points = np.radians(np.array([m["point"] for m in saved[:-1]], float) / 1000.0)
+    assert len(points) == 2201
+    np.testing.assert_allclose(points[0], start, atol=1e-5)
+    np.testing.assert_allclose(points[-1], c.model.upper_rad, atol=1e-5)
+    steps = np.abs(np.diff(points, axis=0)) / PUSH_CYCLE_UNIT_S
+    assert np.all(steps <= np.array(c.model.max_velocity_rad_s) * 1.01 + 0.2)  # 0.001 deg rounding
+    assert c.handle({"command": "movej", "joint": [0] * 7, "v": 50}, 1, 0.0)["receive_state"]

@@ -43,9 +43,12 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
+import numpy as np
 from Robotic_Arm.rm_robot_interface import rm_realtime_push_config_t, rm_udp_custom_config_t
 
+from ate_core.robot import kinematics
 from ate_core.robot.config import ArmConfig
+from ate_core.robot.layout import matrix_to_rpy
 from ate_core.robot.models import GRIPPER_MAX_OPENING_M, arm_model
 from ate_core.runtime.arm_command import JointLimits
 from ate_ros.drivers.realman_sdk import (
@@ -62,9 +65,15 @@ STALE_GRACE_S = 0.010
 GRIPPER_ACK = 1
 
 #: arm_current_status values as the SDK reports them (rm_udp_arm_current_status_e).
+STATUS_MOVE_L = 1
 STATUS_MOVE_J = 2
 STATUS_STOP = 9
 STATUS_SLOW_STOP = 10
+STATUS_CURRENT_DRAG = 12
+#: A Cartesian move has arrived when the flange is this close to its target (the wire carries
+#: angles in 0.001 rad).
+POSE_TOLERANCE_M = 1e-3
+POSE_TOLERANCE_RAD = 5e-3
 
 
 class Link(str, Enum):
@@ -317,8 +326,79 @@ class RealManArm:
         finally:
             self._busy = ""
 
+    def move_to_pose(self, flange_pose: np.ndarray, *, linear: bool = False,
+                     speed_percent: int = 20, timeout_s: float = 60.0) -> int:
+        """Planned move of the flange to ``flange_pose`` (4x4, in the arm's base frame: the
+        controller's work frame ``World`` with its tool frame ``Arm_Tip``), planned by the
+        controller: ``movej_p`` (joint space) or, ``linear``, ``movel`` (a straight line).
+        Blocks the caller until the flange is there; returns 0, the SDK's code when the
+        controller refuses (1: out of reach, or a line it cannot follow), -6 if stopped, -4 on
+        timeout. Streaming is refused while it runs."""
+        pose = [*(float(v) for v in flange_pose[:3, 3]), *matrix_to_rpy(flange_pose[:3, :3])]
+        model = arm_model(self.cfg.model)
+
+        def reached(state: ArmState) -> bool:
+            at = kinematics.flange_pose(model, np.asarray(state.positions_rad))
+            turn = at[:3, :3].T @ flange_pose[:3, :3]
+            angle = math.acos(max(-1.0, min(1.0, (float(np.trace(turn)) - 1.0) / 2.0)))
+            return (float(np.linalg.norm(at[:3, 3] - flange_pose[:3, 3])) <= POSE_TOLERANCE_M
+                    and angle <= POSE_TOLERANCE_RAD)
+
+        what = "movel" if linear else "movej_p"
+        return self._planned(what, lambda a: (a.rm_movel if linear else a.rm_movej_p)(
+            pose, speed_percent, 0, 0, 0), reached,
+            (STATUS_MOVE_L,) if linear else (STATUS_MOVE_J,), timeout_s)
+
+    def set_drag_teach(self, on: bool, record: bool = False) -> int:
+        """Drag teaching on (the arm goes where a hand pushes it; ``record``: the controller
+        records the motion) or off. Streaming is refused while it is on: the arm is the
+        hand's. Returns the SDK's code."""
+        if on:
+            with self._lock:
+                if self._busy:
+                    return -1
+                self._busy = "drag teaching"
+            rc = self._call("start drag teach", lambda a: a.rm_start_drag_teach(int(record)))
+            if rc != 0:
+                self._busy = ""
+            return rc
+        rc = self._call("stop drag teach", lambda a: a.rm_stop_drag_teach(), require_ready=False)
+        if rc == 0 and self._busy == "drag teaching":
+            self._busy = ""
+        return rc
+
+    @property
+    def busy(self) -> str:
+        """What keeps streaming off: "homing", "moving to a pose", "drag teaching", or ""."""
+        return self._busy
+
+    def _planned(self, what: str, send: Callable[[SdkArm], int],
+                 reached: Callable[[ArmState], bool], moving_codes: Tuple[int, ...],
+                 timeout_s: float) -> int:
+        if self._link is not Link.READY:
+            return -1
+        with self._lock:
+            if self._busy:
+                return -1
+            self._busy = "moving to a pose"
+        try:
+            self._call("clear errors", lambda a: a.rm_clear_system_err())
+            started = time.monotonic_ns()
+            rc = self._call(what, send)
+            if rc != 0:
+                return rc
+            return self._wait_for(started, reached, moving_codes, timeout_s)
+        finally:
+            self._busy = ""
+
     def _wait_for_move(self, started_ns: int, q_rad: Sequence[float], timeout_s: float,
                        tolerance_rad: float) -> int:
+        return self._wait_for(
+            started_ns, lambda state: max(abs(a - b) for a, b in zip(state.positions_rad, q_rad))
+            <= tolerance_rad, (STATUS_MOVE_J,), timeout_s)
+
+    def _wait_for(self, started_ns: int, reached: Callable[[ArmState], bool],
+                  moving_codes: Tuple[int, ...], timeout_s: float) -> int:
         # The status still says "stop" (or "idle") for a push or two after the move is sent,
         # so a stop only ends the wait once the move has been seen running.
         start_deadline = time.monotonic() + 1.0
@@ -329,9 +409,8 @@ class RealManArm:
                 return -1
             state = self._state
             if state is not None and state.received_mono_ns > started_ns:
-                moving = moving or state.status_code == STATUS_MOVE_J
-                error = max(abs(a - b) for a, b in zip(state.positions_rad, q_rad))
-                if state.status_code != STATUS_MOVE_J and error <= tolerance_rad:
+                moving = moving or state.status_code in moving_codes
+                if state.status_code not in moving_codes and reached(state):
                     return 0
                 if moving and state.status_code in (STATUS_STOP, STATUS_SLOW_STOP):
                     return -6  # the SDK's "stopped externally"

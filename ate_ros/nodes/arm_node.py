@@ -1,8 +1,22 @@
-"""One RealMan arm on ROS: ``joint_states`` out, ``command`` in, stop/home/gripper services.
+"""One RealMan arm on ROS: ``joint_states`` out, ``command`` in, stop/home/gripper services,
+Cartesian moves planned by the controller, drag teaching.
 
 Services (std_srvs/Trigger): ``stop`` (immediate), ``slow_stop`` (decelerate), ``home``
 (planned move to the configured home pose; outcome on ``home_result``), ``gripper_open``,
-``gripper_close``.
+``gripper_close``; (std_srvs/SetBool) ``drag_teach``: true hands the arm to whoever pushes it
+(RealMan's drag teaching, the usual way to teach a RealMan arm by hand; its joint states go on
+as always, so the recorder takes a kinesthetic demonstration like any other, converted with
+``--action-from state``), false takes it back.
+
+Cartesian moves: a ``geometry_msgs/PoseStamped`` of the TCP (the configured ``tcp`` offset
+from the flange; frame ``base_link``, the robot's, or empty for it) on ``move_tcp`` is planned
+by the controller in joint space (``movej_p``), on ``move_tcp_linear`` as a straight line
+(``movel``); the outcome follows on ``move_tcp_result`` (std_msgs/Bool), as for ``home`` and
+as RealMan's own ROS driver pairs ``movel_cmd`` with ``movel_result`` (standard messages have
+no service that carries a pose). A move, like ``home`` and drag teaching, is refused while the
+arm is being commanded (an engaged supervisor streams to it: only the supervisor commands a
+driven arm), while another of them runs, and while the link is not ready; commands are refused
+while one runs, and ``stop`` works.
 
 Runs in the arm's namespace (``/left_arm``, ``/right_arm``). Joint states are published from
 the controller's realtime push as it arrives (100 Hz by default), joints in rad plus the gripper opening
@@ -22,15 +36,18 @@ import threading
 import time
 from typing import Dict, Optional, Sequence, Tuple
 
+import numpy as np
+from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool
-from std_srvs.srv import Trigger
+from std_srvs.srv import SetBool, Trigger
 
 from ate_core.robot.config import BimanualConfig, simulated
+from ate_core.robot.from_config import placement_from_config
 from ate_core.runtime.arm_command import CommandChecker, CommandRejected
 from ate_core.runtime.joint_states import JointSample
-from ate_ros.conversions import sample_to_joint_state
+from ate_ros.conversions import pose_to_matrix, sample_to_joint_state
 from ate_ros.diagnostics import ERROR, OK, STALE, WARN, diagnostic_array, diagnostic_status
 from ate_ros.drivers.realman_arm import ArmState, Link, RealManArm
 from ate_ros.drivers.realman_sdk import describe_error
@@ -43,6 +60,11 @@ from diagnostic_msgs.msg import DiagnosticArray
 STREAM_GAP_S = 0.1
 #: A node shut down within this long of its last command stops the controller.
 SHUTDOWN_STOP_WINDOW_S = 1.0
+#: An arm commanded within this long is being driven (an engaged supervisor streams at 100 Hz):
+#: planned moves and drag teaching are refused.
+DRIVEN_WINDOW_S = 0.5
+#: The frames a Cartesian move's pose may be given in: the robot's base ("" means it too).
+BASE_FRAMES = ("", "base_link")
 
 
 class ArmNode(Node):
@@ -92,6 +114,12 @@ class ArmNode(Node):
         self.create_service(Trigger, "home", self._srv_home)
         self._home_result_pub = self.create_publisher(Bool, "home_result", 10)
         self._home_thread: Optional[threading.Thread] = None
+        self._placement = placement_from_config(side, self.arm_cfg)
+        self.create_subscription(PoseStamped, "move_tcp", lambda m: self._on_move_tcp(m, False), 10)
+        self.create_subscription(PoseStamped, "move_tcp_linear", lambda m: self._on_move_tcp(m, True), 10)
+        self._move_result_pub = self.create_publisher(Bool, "move_tcp_result", 10)
+        self._move_thread: Optional[threading.Thread] = None
+        self.create_service(SetBool, "drag_teach", self._srv_drag_teach)
         self.create_timer(1.0, self._publish_diagnostics)
 
         # Before the driver starts its threads and the SDK its own: they inherit the policy.
@@ -219,18 +247,68 @@ class ArmNode(Node):
             return self._answer(response, action(self.driver), "gripper")
         return handler
 
-    def _srv_home(self, _request, response):
+    def _refusal(self) -> str:
+        """Why a planned move or drag teaching cannot start now ("" if it can)."""
         if self.driver.link is not Link.READY:
-            response.success, response.message = False, f"home: link is {self.driver.link.value}"
-            return response
-        if self._home_thread is not None and self._home_thread.is_alive():
-            response.success, response.message = False, "home: already moving home"
+            return f"link is {self.driver.link.value}"
+        if time.monotonic() - self._commanded_at <= DRIVEN_WINDOW_S:
+            return "the arm is being commanded (the supervisor is engaged)"
+        for thread, what in ((self._home_thread, "moving home"), (self._move_thread, "moving to a pose")):
+            if thread is not None and thread.is_alive():
+                return f"already {what}"
+        if self.driver.busy:
+            return f"the arm is {self.driver.busy}"
+        return ""
+
+    def _srv_home(self, _request, response):
+        refusal = self._refusal()
+        if refusal:
+            response.success, response.message = False, f"home: {refusal}"
             return response
         self._home_thread = threading.Thread(target=self._move_home, name=f"{self.side}-home",
                                              daemon=True)
         self._home_thread.start()
         response.success, response.message = True, "home: moving; outcome on home_result"
         return response
+
+    def _on_move_tcp(self, msg: PoseStamped, linear: bool) -> None:
+        what = "move_tcp_linear" if linear else "move_tcp"
+        refusal = self._refusal()
+        if not refusal and msg.header.frame_id not in BASE_FRAMES:
+            refusal = f"the pose is in frame {msg.header.frame_id!r}, not base_link"
+        target = pose_to_matrix(msg.pose)
+        if not refusal and target is None:
+            refusal = "the pose is not finite or its quaternion is not a unit one"
+        if refusal:
+            self.get_logger().error(f"{what} refused: {refusal}")
+            self._move_result_pub.publish(Bool(data=False))
+            return
+        # base_link -> TCP, into the controller's frames: arm base -> flange.
+        flange = np.linalg.inv(self._placement.mount.matrix()) @ target \
+            @ np.linalg.inv(self._placement.tcp.matrix())
+        self._move_thread = threading.Thread(target=self._move_to, args=(flange, linear, what),
+                                             name=f"{self.side}-move-tcp", daemon=True)
+        self._move_thread.start()
+
+    def _move_to(self, flange: np.ndarray, linear: bool, what: str) -> None:
+        rc = self.driver.move_to_pose(flange, linear=linear)
+        self._last_command = None
+        if rc != 0:
+            self.get_logger().error(f"{what} failed: SDK returned {rc}"
+                                    + (" (the controller refused: out of reach, or a path it "
+                                       "cannot follow)" if rc == 1 else ""))
+        self._move_result_pub.publish(Bool(data=rc == 0))
+
+    def _srv_drag_teach(self, request, response):
+        if request.data:
+            refusal = self._refusal()
+            if refusal:
+                response.success, response.message = False, f"drag teaching: {refusal}"
+                return response
+        rc = self.driver.set_drag_teach(bool(request.data))
+        self._last_command = None
+        state = "on" if request.data else "off"
+        return self._answer(response, rc, f"drag teaching {state}")
 
     def _move_home(self) -> None:
         rc = self.driver.move_home(self.arm_cfg.home_rad)

@@ -74,6 +74,7 @@ class ArmStatus:
     MOVE_THROUGH_JOINT = "move_through_joint"
     STOP = "stop"
     SLOW_STOP = "slow_stop"
+    DRAG = "current_drag"
 
 
 class GripperMode:
@@ -223,6 +224,10 @@ class ArmMotion:
         self._move_tag: Hashable = None
         # slow stop: per-joint deceleration that brings all joints to rest together
         self._slow_decel = np.zeros(n)
+        # drag teaching: where the hand pulls the arm, and the joints recorded every step
+        self._hand: Optional[np.ndarray] = None
+        self._recording: Optional[List[np.ndarray]] = None
+        self.recorded: List[np.ndarray] = []
 
     # ---- state -------------------------------------------------------------------------
     @property
@@ -301,7 +306,7 @@ class ArmMotion:
     def stream(self, target_rad: Sequence[float], now: float, follow: bool = False) -> bool:
         """Accept one pass-through (`movej_canfd`) target received at `now` (seconds, any
         monotonic origin). Returns False when the target is refused."""
-        if not self._powered:
+        if not self._powered or self._status == ArmStatus.DRAG:
             return False
         target = self._checked_target(target_rad)
         if target is None:
@@ -335,7 +340,7 @@ class ArmMotion:
                     tag: Hashable = None) -> bool:
         """Plan a blocking-style `movej` at `speed_percent` of each joint's speed limit.
         A new plan replaces a running one; the replaced move never reports arrival."""
-        if not self._powered:
+        if not self._powered or self._status == ArmStatus.DRAG:
             return False
         target = self._checked_target(target_rad)
         if target is None:
@@ -350,7 +355,7 @@ class ArmMotion:
         the one before's last; the first's is the arm's joints), each reporting its status
         (`ArmStatus.MOVE_J`/`MOVE_L`/`MOVE_C`/`MOVE_S`); one arrival after the last. Replaces a
         running plan, which then never reports arrival."""
-        if not self._powered or not segments:
+        if not self._powered or not segments or self._status == ArmStatus.DRAG:
             return False
         for path, status in segments:
             if status not in PLANNED_TYPES or not self.within_limits(path.q.min(axis=0)) \
@@ -412,12 +417,60 @@ class ArmMotion:
         self._slow_decel = np.zeros_like(q)
         self._status = ArmStatus.IDLE
 
+    # ---- drag teaching --------------------------------------------------------------------------
+    @property
+    def dragging(self) -> bool:
+        return self._status == ArmStatus.DRAG
+
+    def start_drag(self, record: bool) -> bool:
+        """Drag teaching (`start_drag_teach`): the joints go where a hand pushes them
+        (`hand_guide`), planned moves and pass-through are dropped and refused until
+        `stop_drag`. With `record`, the joints are recorded every step (`recorded`)."""
+        if not self._powered:
+            return False
+        self.stop()
+        self._hand = self._q.copy()
+        self._recording = [self._q.copy()] if record else None
+        self._status = ArmStatus.DRAG
+        return True
+
+    def stop_drag(self) -> bool:
+        """End drag teaching: the arm holds where the hand left it; what was recorded is kept
+        in `recorded` (until the next recording starts)."""
+        if self._status != ArmStatus.DRAG:
+            return False
+        if self._recording is not None:
+            self.recorded = self._recording
+        self._recording = None
+        self._hand = None
+        self.stop()
+        self._status = ArmStatus.IDLE
+        return True
+
+    def hand_guide(self, q_rad: Sequence[float]) -> bool:
+        """A hand pushes the arm toward `q_rad` (only while drag teaching; the joints follow
+        under their speed and acceleration limits and never past a joint limit, as the
+        controller's drag mode holds them)."""
+        target = np.asarray(q_rad, dtype=float)
+        if self._status != ArmStatus.DRAG or target.shape != (self.model.dof,) \
+                or not np.all(np.isfinite(target)):
+            return False
+        self._hand = np.clip(target, self._lower, self._upper)
+        return True
+
     # ---- integration -------------------------------------------------------------------------
     def step(self, dt: float) -> List[Arrival]:
         """Advance the arm by `dt` seconds; returns the arrivals that happened in this step."""
         if dt <= 0.0:
             return []
         arrivals: List[Arrival] = []
+        if self._status == ArmStatus.DRAG:
+            assert self._hand is not None
+            self._ref = self._q.copy()
+            self._track(self._hand, dt)
+            if self._recording is not None:
+                self._recording.append(self._q.copy())
+            return arrivals
         if self._status == ArmStatus.SLOW_STOP:
             self._step_slow_stop(dt)
             return arrivals

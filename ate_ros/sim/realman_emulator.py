@@ -362,6 +362,12 @@ class RealManEmulator:
         with self._lock:
             self._faults.push_delay_s = delay_ms / 1000.0
 
+    def hand_guide(self, q_rad: Sequence[float]) -> bool:
+        """A hand pushes the arm toward `q_rad` (rad): the arm follows while drag teaching is
+        on (`start_drag_teach`), within its limits; otherwise nothing moves (False)."""
+        with self._lock:
+            return self._controller.motion.hand_guide(q_rad)
+
     def raise_error(self, code: int) -> None:
         """Latch a system error code; it shows in `err` until `clear_system_err`."""
         with self._lock:
@@ -448,8 +454,8 @@ class RealManEmulator:
             prepared = self._controller.plan(prepared)
         with self._lock:
             reply = self._controller.handle(msg, conn.id, now, prepared)
-        if reply is not None:
-            conn.send(reply)
+        for message in reply if isinstance(reply, list) else [reply] if reply is not None else []:
+            conn.send(message)
 
     # ---- the controller's clock: motion + UDP push --------------------------------------------------
     def step_controller(self) -> List[Arrival]:

@@ -9,12 +9,15 @@ answering them, and sends no completion events; the UDP push goes on unless it i
 The control port (`--control-port`) takes text lines over TCP and answers each with one JSON
 line: `ping`, `drop`, `refuse on|off`, `push on|off`, `push_delay <ms>`, `error <code>`
 (decimal or 0x..), `clear_errors`, `unresponsive on|off`, `state`, `commands [name]`,
-`clear_commands`. `ate_ros.sim.bimanual` reads a running emulator's state through it.
+`clear_commands`, and `hand <deg> ...` (one angle per joint: while drag teaching is on, a hand
+pushes the arm there; `ok` is false otherwise). `ate_ros.sim.bimanual` reads a running
+emulator's state through it.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import selectors
 import socket
 import threading
@@ -63,6 +66,8 @@ class FaultTarget(Protocol):
 
     def clear_commands(self) -> None: ...
 
+    def hand_guide(self, q_rad: List[float]) -> bool: ...
+
 
 def control_reply(target: FaultTarget, line: str) -> Json:
     """Run one control-port line on `target`; its reply (`ok` false with an `error` when the
@@ -104,6 +109,11 @@ def control_reply(target: FaultTarget, line: str) -> Json:
             return {"ok": True, "commands": [asdict(c) for c in target.commands(name)]}
         elif cmd == "clear_commands":
             target.clear_commands()
+        elif cmd == "hand":
+            if not args:
+                raise ValueError("hand needs one angle (deg) per joint")
+            moved = target.hand_guide([math.radians(float(a)) for a in args])
+            return {"ok": moved, **({} if moved else {"error": "not drag teaching, or a wrong joint count"})}
         else:
             return {"ok": False, "error": f"unknown control command {cmd!r}"}
     except (IndexError, ValueError) as exc:

@@ -207,8 +207,9 @@ class Prepared:
     error: str = ""
 
 
-#: A command handler: (request, connection id, receive time) -> reply, or None for no reply.
-Handler = Callable[[Json, int, float], Optional[Json]]
+#: A command handler: (request, connection id, receive time) -> reply (a list: several
+#: messages), or None for no reply.
+Handler = Callable[[Json, int, float], Union[None, Json, List[Json]]]
 
 
 # ---- what the controller measures ---------------------------------------------------------------
@@ -342,6 +343,9 @@ class ControllerProtocol:
             # No joint faults are emulated, so clearing one always succeeds.
             "set_joint_clear_err": lambda p, c, t: {
                 "command": "set_joint_clear_err", "joint_clear_err": True},
+            "start_drag_teach": self._h_drag,
+            "stop_drag_teach": self._h_drag,
+            "save_trajectory": self._h_save_trajectory,
             "set_arm_power": self._h_set_power,
             "get_arm_power_state": lambda p, c, t: {
                 "state": "arm_power_state", "power_state": int(self.motion.powered)},
@@ -372,10 +376,10 @@ class ControllerProtocol:
             return dataclasses.replace(prepared, error=str(exc))
 
     def handle(self, request: Json, connection: int, now: float,
-               prepared: Optional[Prepared] = None) -> Optional[Json]:
+               prepared: Optional[Prepared] = None) -> Union[None, Json, List[Json]]:
         """Execute `request` (a JSON object with a `command` name) received at `now` on
-        `connection`; return the reply to send, or None where the controller sends none.
-        `prepared`: the planned half of a motion (:meth:`prepare`, :meth:`plan`); without it
+        `connection`; return the reply to send (a list: several, in order), or None where the
+        controller sends none. `prepared`: the planned half of a motion (:meth:`prepare`, :meth:`plan`); without it
         a planned motion is queued and planned here."""
         name = request["command"]
         if prepared is not None:
@@ -648,6 +652,28 @@ class ControllerProtocol:
     def _h_clear_system_err(self, p: Json, c: int, now: float) -> Json:
         self.motion.clear_errors()
         return {"command": "clear_system_err", "clear_state": True}
+
+    def _h_drag(self, p: Json, c: int, now: float) -> Json:
+        """Drag teaching (json/dragTech.md): `start_drag_teach` with `trajectory_record` 0|1,
+        `stop_drag_teach`. The arm then goes where a hand pushes it (the emulator's `hand`)."""
+        if p["command"] == "start_drag_teach":
+            self.cartesian.drop_queue()
+            ok = self.motion.start_drag(bool(int(p.get("trajectory_record", 0) or 0)))
+        else:
+            ok = self.motion.stop_drag()
+        return {"command": p["command"], "drag_teach": ok}
+
+    def _h_save_trajectory(self, p: Json, c: int, now: float) -> List[Json]:
+        """The last drag-taught recording: one `{"point": [joints, 0.001 deg]}` line per
+        controller tick (5 ms), then `{"command": "save_trajectory", "save_state": true,
+        "total_num": N}`; the SDK writes the point lines into the file it was given and returns
+        N (found by running `rm_save_trajectory`; json/dragTech.md shows the point lines only).
+        Nothing recorded, or drag teaching still on: `save_state` false."""
+        points = self.motion.recorded
+        if not points or self.motion.dragging:
+            return [{"command": "save_trajectory", "save_state": False, "total_num": 0}]
+        return [{"point": _milli_deg(q)} for q in points] + [
+            {"command": "save_trajectory", "save_state": True, "total_num": len(points)}]
 
     def _h_set_power(self, p: Json, c: int, now: float) -> Json:
         self.motion.set_powered(bool(p["arm_power"]))

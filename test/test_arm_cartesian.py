@@ -1,0 +1,173 @@
+"""Cartesian moves and drag teaching through the arm nodes: real rclpy, RealMan's SDK, the
+controller emulator on loopback, the recorder and the bag-to-episode conversion."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from pathlib import Path
+
+import dataclasses
+import numpy as np
+import pytest
+from geometry_msgs.msg import PoseStamped
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Bool
+from std_srvs.srv import SetBool, Trigger
+
+from ate_core.data.convert import bag_to_episode
+from ate_core.robot import kinematics
+from ate_core.robot.from_config import placement_from_config
+from ate_ros.nodes.recorder_node import RecorderNode
+
+from arm_rig import command_msg, emulated_arms, measured
+
+pytestmark = pytest.mark.ros  # real DDS / RealMan SDK: CI runs these with a core kept busy too
+
+
+def tcp_pose(rig, side: str, q: np.ndarray) -> np.ndarray:
+    placement = placement_from_config(side, getattr(rig.cfg.arms, side))
+    return kinematics.flange_pose(placement.model, q, base=placement.mount.matrix(),
+                                  tool=placement.tcp.matrix())
+
+
+def pose_msg(pose: np.ndarray, frame: str = "base_link") -> PoseStamped:
+    msg = PoseStamped()
+    msg.header.frame_id = frame
+    msg.pose.position.x, msg.pose.position.y, msg.pose.position.z = (float(v) for v in pose[:3, 3])
+    r = pose[:3, :3]
+    w = math.sqrt(max(0.0, 1.0 + r[0, 0] + r[1, 1] + r[2, 2])) / 2.0
+    msg.pose.orientation.w = w
+    msg.pose.orientation.x = (r[2, 1] - r[1, 2]) / (4 * w)
+    msg.pose.orientation.y = (r[0, 2] - r[2, 0]) / (4 * w)
+    msg.pose.orientation.z = (r[1, 0] - r[0, 1]) / (4 * w)
+    return msg
+
+
+def rotation_error(a: np.ndarray, b: np.ndarray) -> float:
+    return math.acos(max(-1.0, min(1.0, (float(np.trace(a[:3, :3].T @ b[:3, :3])) - 1.0) / 2.0)))
+
+
+def test_move_tcp_puts_the_tcp_at_the_pose_in_base_link_and_linear_moves_on_a_line(ros):
+    with emulated_arms(ros, sides=("left",)) as rig:
+        results = ros.subscribe(Bool, "/left_arm/move_tcp_result")
+        joint_move = ros.publisher(PoseStamped, "/left_arm/move_tcp")
+        line_move = ros.publisher(PoseStamped, "/left_arm/move_tcp_linear")
+        start = tcp_pose(rig, "left", measured(rig, "left"))
+        target = start.copy()
+        target[:3, 3] += [0.05, 0.03, -0.04]
+        ros.wait_for_subscribers(joint_move)
+        joint_move.publish(pose_msg(target))
+        ros.wait_for(lambda: len(results) > 0, 30.0, "the move's result")
+        assert results.messages[-1].data is True
+        ros.wait_for(lambda: np.linalg.norm(tcp_pose(rig, "left", measured(rig, "left"))[:3, 3]
+                                            - target[:3, 3]) < 1e-3, 2.0, "the TCP at the pose")
+        reached = tcp_pose(rig, "left", measured(rig, "left"))
+        assert rotation_error(reached, target) < 5e-3
+        assert [c.name for c in rig.emulators["left"].commands("movej_p")]
+
+        # A straight line back up: every measured TCP position on the way lies on it.
+        track = []
+        done = threading.Event()
+        sub = rig.states["left"]
+        up = target.copy()
+        up[:3, 3] += [0.0, 0.0, 0.08]
+        ros.wait_for_subscribers(line_move)
+        results.clear()
+        sub.clear()
+        line_move.publish(pose_msg(up))
+        ros.wait_for(lambda: len(results) > 0, 30.0, "the linear move's result")
+        done.set()
+        assert results.messages[-1].data is True
+        track = np.array([tcp_pose(rig, "left", np.array(m.position[:7]))[:3, 3] for m in sub.messages])
+        rel = track - target[:3, 3]
+        direction = np.array([0.0, 0.0, 1.0])
+        off_line = np.linalg.norm(rel - np.outer(rel @ direction, direction), axis=1)
+        assert len(track) > 20 and off_line.max() < 2e-3
+        assert np.linalg.norm(track[-1] - up[:3, 3]) < 1e-3
+
+
+def test_moves_and_drag_teaching_are_refused_while_the_arm_is_commanded_or_the_pose_is_wrong(ros):
+    with emulated_arms(ros, sides=("left",)) as rig:
+        results = ros.subscribe(Bool, "/left_arm/move_tcp_result")
+        move = ros.publisher(PoseStamped, "/left_arm/move_tcp")
+        commands = ros.publisher(JointState, "/left_arm/command")
+        ros.wait_for_subscribers(move)
+        ros.wait_for_subscribers(commands)
+        names = (*rig.cfg.arms.left.joint_names, rig.cfg.arms.left.gripper_joint)
+        hold = [*measured(rig, "left"), rig.cfg.gripper.max_opening_m]
+        streaming = threading.Event()
+        streaming.set()
+
+        def stream() -> None:  # what an engaged supervisor does: commands at 100 Hz
+            while streaming.is_set():
+                commands.publish(command_msg(names, hold))
+                time.sleep(0.01)
+
+        streamer = threading.Thread(target=stream, daemon=True)
+        streamer.start()
+        try:
+            ros.wait_for(lambda: rig.nodes["left"].driver.stats.commands_sent > 10, 5.0,
+                         "the stream reaching the controller")
+            target = tcp_pose(rig, "left", measured(rig, "left"))
+            target[:3, 3] += [0.0, 0.0, -0.03]
+            move.publish(pose_msg(target))
+            ros.wait_for(lambda: len(results) > 0, 5.0, "the refusal")
+            assert results.messages[-1].data is False
+            answer = ros.call(SetBool, "/left_arm/drag_teach", SetBool.Request(data=True))
+            assert not answer.success and "being commanded" in answer.message
+            assert not ros.call(Trigger, "/left_arm/home").success
+        finally:
+            streaming.clear()
+            streamer.join(2.0)
+        assert not rig.emulators["left"].commands("movej_p")
+        assert not rig.emulators["left"].commands("start_drag_teach")
+
+        time.sleep(0.6)  # the stream has stopped: the arm is no longer driven
+        for pose, frame in ((target, "world"), (np.eye(4), "base_link")):  # wrong frame; out of reach
+            results.clear()
+            move.publish(pose_msg(pose, frame))
+            ros.wait_for(lambda: len(results) > 0, 10.0, "the refusal")
+            assert results.messages[-1].data is False
+        assert len(rig.emulators["left"].commands("movej_p")) == 1  # only the reachable-frame one
+
+
+def test_a_drag_taught_motion_is_recorded_and_converts_to_an_episode(ros, tmp_path: Path):
+    with emulated_arms(ros) as rig:
+        # No camera runs here: the take's contract holds the arms' streams only.
+        cfg = dataclasses.replace(rig.cfg, cameras={}, recorder=dataclasses.replace(
+            rig.cfg.recorder, output_dir=str(tmp_path / "takes"), min_free_disk_gb=0.0))
+        recorder = ros.start(RecorderNode, config=cfg)
+        start = measured(rig, "left")
+        goal = start + np.radians([15, -10, 5, 10, 0, -10, 20])
+        answer = ros.call(SetBool, "/left_arm/drag_teach", SetBool.Request(data=True))
+        assert answer.success, answer.message
+        ros.wait_for(lambda: rig.emulators["left"].arm_status == "current_drag", 2.0, "drag mode")
+        answer = ros.call(Trigger, "/recorder/start")
+        assert answer.success, answer.message
+        time.sleep(0.3)
+        # A hand moves the arm in small steps, as a person does, over about 1.5 s.
+        for k in range(1, 31):
+            assert rig.emulators["left"].hand_guide(start + (goal - start) * k / 30)
+            time.sleep(0.05)
+        ros.wait_for(lambda: np.allclose(measured(rig, "left"), goal, atol=1e-4), 5.0,
+                     "the arm where the hand left it")
+        time.sleep(0.3)
+        answer = ros.call(SetBool, "/recorder/stop", SetBool.Request(data=True))
+        assert answer.success, answer.message
+        answer = ros.call(SetBool, "/left_arm/drag_teach", SetBool.Request(data=False))
+        assert answer.success, answer.message
+        assert not rig.emulators["left"].hand_guide(start)
+        ros.wait_for(lambda: recorder._take is None, 10.0, "the take saved")
+
+        bag = next((tmp_path / "takes").glob("episode_*"))
+        converted = bag_to_episode(bag, fps=30.0, action_from="state")
+        episode = converted.episode
+        state = np.asarray(episode.state)
+        left = state[:, :7]
+        np.testing.assert_allclose(left[0], start, atol=1e-3)
+        np.testing.assert_allclose(left[-1], goal, atol=1e-3)
+        moving = np.abs(np.diff(left, axis=0)).max(axis=1) > 1e-5
+        assert moving.sum() >= 20  # the motion is in the episode, frame by frame
+        np.testing.assert_array_equal(np.asarray(episode.action), state)  # kinesthetic: action = state
