@@ -22,6 +22,7 @@ single-threaded one.
 
 from __future__ import annotations
 
+import faulthandler
 import gc
 import signal
 import threading
@@ -43,6 +44,9 @@ GIL_SWITCH_INTERVAL_S = 0.0005
 
 #: Longest time a node executable takes to notice SIGINT or SIGTERM (see ``spin_nodes``).
 SIGNAL_POLL_S = 0.1
+#: A shutdown still running after this long dumps every thread's stack to stderr (launch
+#: escalates SIGINT to SIGTERM after 5 s).
+SHUTDOWN_DUMP_S = 4.0
 
 
 class NodeHost:
@@ -152,18 +156,19 @@ def run_nodes(make_nodes: Callable[[], List[Node]],
     except ExternalShutdownException:
         pass  # rclpy shut down by someone else
     finally:
+        # A shutdown that hangs in rclpy's C code cannot run Python signal handlers, so SIGTERM
+        # is lost on it and launch ends it with SIGKILL. Rare (a joint-state aggregator, a
+        # camera node and a recorder under load, each once, with nodes taken out of the
+        # executor before being destroyed and with them destroyed first): every thread's stack
+        # goes to stderr after SHUTDOWN_DUMP_S, to show where.
+        faulthandler.dump_traceback_later(SHUTDOWN_DUMP_S, exit=False)
         try:
-            # Out of the executor first, then destroyed: an entity destroyed while still in
-            # rclpy's EventsExecutor must first clear its pending events from the executor's
-            # queue, which can block (a joint-state aggregator under a 200 Hz stream once hung
-            # here past SIGINT and SIGTERM until launch killed it).
-            if executor is not None:
-                for node in nodes:
-                    executor.remove_node(node)
-                executor.shutdown(timeout_sec=0)
             for node in nodes:
                 node.destroy_node()
+            if executor is not None:
+                executor.shutdown(timeout_sec=0)
             rclpy.try_shutdown()
         finally:
+            faulthandler.cancel_dump_traceback_later()
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
