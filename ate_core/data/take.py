@@ -102,6 +102,11 @@ class Take:
         self._queue.put((topic, int(receive_ns), data))
         return True
 
+    def received(self, topic: str) -> int:
+        """How many messages of ``topic`` this take has queued so far."""
+        with self._lock:
+            return len(self._receive.get(topic, ()))
+
     @property
     def bytes_written(self) -> int:
         return self._writer.bytes_written
