@@ -1,13 +1,16 @@
 """Chunk-sampling latency and peak memory of the reference policies' default configs.
 
     .venv/bin/python bench/policy_latency.py [--repeats 30] [--threads N] [--device cpu|cuda]
-        [--dtype float32|bfloat16|float16] [--cases diffusion_unet,diffusion_transformer,flow] [--json out.json]
+        [--dtype float32|bfloat16|float16] [--cases diffusion_unet,diffusion_transformer,flow]
+        [--no-trace] [--json out.json]
 
 Each policy runs in its own child process, so its peak memory is its own: on CPU the peak
 resident set size of that process (model, activations and the Python runtime), on CUDA
 ``torch.cuda.max_memory_allocated``. Latency is one ``policy.sample(obs)`` for a batch of one
 observation as the robot sends it (three 224x224 cameras, proprioception, an instruction),
-measured after warm-up: the image encoder once plus every denoising step.
+measured after warm-up: the image encoder once plus every denoising step. As on the robot
+(``inference.trace``), the per-step network runs as a TorchScript trace; ``--no-trace`` runs it
+eagerly.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ CASES: Dict[str, tuple] = {
 }
 
 
-def measure(case: str, repeats: int, device: str, dtype: str, threads: int) -> dict:
+def measure(case: str, repeats: int, device: str, dtype: str, threads: int, trace: bool) -> dict:
     import torch
 
     if threads > 0:
@@ -48,6 +51,7 @@ def measure(case: str, repeats: int, device: str, dtype: str, threads: int) -> d
     torch_dtype = getattr(torch, dtype)
     if torch_dtype != torch.float32:
         policy = policy.to(torch_dtype)
+    policy.trace_for_inference(trace)
     h, w = cfg.image_size
     mask = torch.zeros(1, cfg.state_width, dtype=torch.bool)
     mask[:, :16] = True
@@ -82,7 +86,7 @@ def measure(case: str, repeats: int, device: str, dtype: str, threads: int) -> d
         "case": case, "policy": policy_type, "horizon": cfg.horizon, "steps": steps,
         "cameras": len(cfg.cameras), "image_size": list(cfg.image_size), "n_obs_steps": cfg.n_obs_steps,
         "params_m": sum(p.numel() for p in policy.parameters()) / 1e6,
-        "threads": torch.get_num_threads(), "device": device, "dtype": dtype,
+        "threads": torch.get_num_threads(), "device": device, "dtype": dtype, "traced": trace,
         **summary_ms(times), "peak_mb": peak_mb, "peak_kind": peak_kind, "repeats": repeats,
     }
 
@@ -94,11 +98,14 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     parser.add_argument("--cases", default="diffusion_unet,diffusion_transformer,flow")
+    parser.add_argument("--no-trace", action="store_true",
+                        help="run the per-step network eagerly (inference.trace: false)")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # child mode: measure one case, print JSON
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(measure(args.one, args.repeats, args.device, args.dtype, args.threads)))
+        print(json.dumps(measure(args.one, args.repeats, args.device, args.dtype, args.threads,
+                                 not args.no_trace)))
         return 0
 
     head = header("bench/policy_latency.py: chunk sampling, batch 1, default configs")
@@ -108,7 +115,8 @@ def main() -> int:
         if case not in CASES:
             parser.error(f"unknown case {case!r} (expected: {', '.join(CASES)})")
         out = subprocess.run([sys.executable, __file__, "--one", case, "--repeats", str(args.repeats),
-                              "--device", args.device, "--dtype", args.dtype, "--threads", str(args.threads)],
+                              "--device", args.device, "--dtype", args.dtype, "--threads", str(args.threads),
+                              *(["--no-trace"] if args.no_trace else [])],
                              check=True, capture_output=True, text=True)
         results.append(json.loads(out.stdout.strip().splitlines()[-1]))
     print()
@@ -118,6 +126,7 @@ def main() -> int:
         print(f"{r['case']:<22}{r['horizon']:>4}{r['steps']:>6}{r['cameras']:>5}{r['params_m']:>10.1f}"
               f"{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}{r['peak_mb']:>9.0f}")
     print(f"\n{results[0]['device']}, {results[0]['dtype']}, {results[0]['threads']} torch threads, "
+          f"{'traced' if results[0]['traced'] else 'eager'} per-step network, "
           f"{args.repeats} samples after 3 warm-up; peak memory = {results[0]['peak_kind']}")
     if args.json:
         write_json(args.json, head, {"cases": results})
