@@ -13,16 +13,20 @@ import numpy as np
 import pytest
 from geometry_msgs.msg import PoseStamped
 from sensor_msgs.msg import JointState
-from std_msgs.msg import Bool
+from std_msgs.msg import Bool, String
 from std_srvs.srv import SetBool, Trigger
 
 from ate_core.data.bag import header_stamp_ns
 from ate_core.data.convert import bag_to_episode
 from ate_core.robot import kinematics
 from ate_core.robot.from_config import placement_from_config
+from ate_core.runtime.supervisor import Mode
 from ate_ros.nodes.recorder_node import RecorderNode
+from ate_ros.nodes.supervisor_node import SupervisorNode
+from ate_ros.qos import LATCHED
 
-from arm_rig import command_msg, emulated_arms, measured
+from arm_rig import SIDES, command_msg, emulated_arms, measured
+from test_supervisor_node import engage, no_cameras
 
 pytestmark = pytest.mark.ros  # real DDS / RealMan SDK: CI runs these with a core kept busy too
 
@@ -194,3 +198,38 @@ def test_a_drag_taught_motion_is_recorded_and_converts_to_an_episode(ros, tmp_pa
         between = (j1 > start[0] + 0.05 * (goal[0] - start[0])) & (j1 < goal[0] - 0.05 * (goal[0] - start[0]))
         assert between.sum() >= 5
         np.testing.assert_array_equal(np.asarray(episode.action), state)  # kinesthetic: action = state
+
+
+def test_the_supervisor_engages_no_arm_that_something_else_has(ros):
+    with emulated_arms(ros) as rig:
+        node = ros.start(SupervisorNode, config=no_cameras(rig.cfg))
+        busy = {side: ros.subscribe(String, f"/{side}_arm/busy", qos=LATCHED) for side in SIDES}
+        ros.wait_for(lambda: all(len(b) and b.messages[-1].data == "" for b in busy.values()),
+                     5.0, "both arms free, latched")
+        answer = ros.call(SetBool, "/left_arm/drag_teach", SetBool.Request(data=True))
+        assert answer.success, answer.message
+        ros.wait_for(lambda: node.supervisor.busy_arms() == {"left": "drag teaching"}, 5.0,
+                     "the supervisor told of the drag teaching")
+        answer = ros.call(SetBool, "/ate/engage", SetBool.Request(data=True))
+        assert not answer.success and "the left arm is drag teaching" in answer.message
+        assert not rig.emulators["right"].commands("movej_canfd")  # neither arm was commanded
+
+        assert ros.call(SetBool, "/left_arm/drag_teach", SetBool.Request(data=False)).success
+        ros.wait_for(lambda: not node.supervisor.busy_arms(), 5.0, "the arm free again")
+        engage(ros)
+        ros.wait_for(lambda: all(len(rig.emulators[s].commands("movej_canfd")) > 10 for s in SIDES),
+                     5.0, "both arms commanded")
+        # Drag teaching switched on at the right arm's pendant while engaged: the push says so,
+        # the supervisor lets go of the arms and stops the left one, not the one in a hand.
+        assert rig.emulators["right"].pendant_drag(True)
+        ros.wait_for(lambda: node.supervisor.mode is Mode.IDLE, 5.0, "the supervisor idle")
+        assert "taken over (right: drag teaching (switched on at the controller))" \
+            in node.supervisor.reason
+        ros.wait_for(lambda: rig.emulators["left"].commands("set_arm_stop"), 3.0,
+                     "the left controller told to stop")
+        assert not rig.emulators["right"].commands("set_arm_stop")
+        assert rig.emulators["right"].arm_status == "current_drag"
+        assert busy["right"].messages[-1].data == "drag teaching (switched on at the controller)"
+        assert not ros.call(SetBool, "/ate/engage", SetBool.Request(data=True)).success
+        assert rig.emulators["right"].pendant_drag(False)
+        ros.wait_for(lambda: busy["right"].messages[-1].data == "", 5.0, "the right arm free")

@@ -538,6 +538,13 @@ def test_command_line_emulator_is_controllable_and_exits_cleanly(tmp_path, sig):
         assert state["errors"] == [4098]
         assert state["joints_deg"] == pytest.approx([1, 2, 3, 4, 5, 6])
         assert _control(ip, control, "bogus")["ok"] is False
+        # The teach pendant's drag button, and a hand on the arm.
+        assert _control(ip, control, "drag off")["ok"] is False
+        assert _control(ip, control, "drag on") == {"ok": True}
+        assert _control(ip, control, "state")["state"]["status"] == "current_drag"
+        assert _control(ip, control, "hand 1 2 3 4 5 7") == {"ok": True}
+        assert _control(ip, control, "drag off") == {"ok": True}
+        assert _control(ip, control, "hand 1 2 3 4 5 6")["ok"] is False
         with socket.create_connection((ip, int(fields["tcp_port"])), timeout=2) as s:
             s.sendall(b'{"command":"get_joint_degree"}\r\n')
             assert json.loads(s.recv(4096))["joint"] == [1000, 2000, 3000, 4000, 5000, 6000]

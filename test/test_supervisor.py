@@ -6,6 +6,7 @@ import dataclasses
 from typing import List, Optional
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -207,6 +208,33 @@ def test_lost_controller_stops_both_arms_and_disengages() -> None:
     assert "controller lost (right)" in rig.sup.reason
 
 
+def test_an_arm_that_something_else_has_cannot_be_engaged() -> None:
+    rig = Rig()
+    rig.sup.on_arm_busy("left", "drag teaching")
+    answer = rig.sup.engage(rig.now)
+    assert not answer.success and "the left arm is drag teaching" in answer.message
+    assert rig.step().positions is None and rig.sup.mode is Mode.IDLE
+    rig.sup.on_arm_busy("left", "")
+    assert rig.sup.engage(rig.now).success
+    assert rig.step().positions is not None
+
+
+def test_an_arm_taken_over_while_engaged_drops_to_idle_and_only_the_others_are_stopped() -> None:
+    rig = Rig()
+    rig.sup.engage(rig.now)
+    rig.chunk(small_offset(0.5), points=100)
+    rig.step(10)
+    rig.sup.on_arm_busy("right", "drag teaching")
+    out = rig.step()
+    assert out.mode is Mode.IDLE and out.positions is None
+    assert out.stop_arms == ("left",)  # a stop would end the hand's drag teaching on the right
+    assert "taken over (right: drag teaching)" in rig.sup.reason
+    assert rig.sup.counts[("taken_over", "right")] == 1
+    assert all(rig.step().positions is None for _ in range(5))
+    with pytest.raises(ValueError, match="middle"):
+        rig.sup.on_arm_busy("middle", "x")
+
+
 def test_disengage_decelerates_to_rest_then_stops_commanding() -> None:
     rig = Rig(ramp_s=0.0)
     rig.sup.engage(rig.now)
@@ -232,7 +260,8 @@ def test_a_chunk_with_a_bad_stamp_order_is_counted_and_ignored() -> None:
 
 
 EVENTS = st.lists(st.tuples(st.sampled_from(["chunk", "tick", "estop", "rearm", "engage",
-                                             "disengage", "drop_left", "restore"]),
+                                             "disengage", "drop_left", "restore", "take_right",
+                                             "free_right"]),
                             st.floats(-3.0, 3.0), st.integers(1, 40)),
                   min_size=5, max_size=40)
 
@@ -260,6 +289,10 @@ def test_commands_never_jump_nor_leave_the_limits_whatever_happens(events) -> No
             rig.report["left"] = False
         elif kind == "restore":
             rig.report["left"] = True
+        elif kind == "take_right":
+            rig.sup.on_arm_busy("right", "moving to a pose")
+        elif kind == "free_right":
+            rig.sup.on_arm_busy("right", "")
         for _ in range(n if kind == "tick" else 1):
             out = rig.step()
             if out.positions is None:

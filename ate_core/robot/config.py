@@ -144,6 +144,10 @@ class TopicsConfig:
     engage_teleop: str = checked("/ate/engage_teleop", check=nonempty,
                                  doc="service starting or ending teleoperation: the followers "
                                      "track the leaders (std_srvs/SetBool)")
+    arm_busy: str = checked("busy", check=nonempty,
+                            doc="per-arm topic, relative to the arm namespace: what has the arm "
+                                "instead of the command stream (drag teaching, a planned move; "
+                                "empty when nothing: std_msgs/String, latched)")
     teleop_target: str = checked("teleop_target", check=nonempty,
                                  doc="per-arm teleop target topic, relative to the arm "
                                      "namespace: the leader's joints in the follower's names "

@@ -33,6 +33,9 @@ Modes::
   physically at the measured position, so holding it is the smallest possible motion. Only
   :meth:`rearm` leaves it, to idle; motion needs a new engage, from the measured state, ramped.
 - A lost controller stops both arms and drops to idle: the surviving arm must not carry on alone.
+- An arm taken over by its controller (drag teaching, a planned move: :meth:`on_arm_busy`) cannot
+  be engaged; one taken over while engaged drops to idle and the other arms are stopped, the
+  taken-over one is left to whoever has it (a stop would end the hand's drag teaching).
 
 Commands and their stamps: a tick's command is stamped with the tick's time (strictly after the
 previous command's stamp), and the filter's caps hold between consecutive commands by those
@@ -142,6 +145,7 @@ class Supervisor:
         self._new_series = True
         #: Arrival time minus stamp of the newest chunk offered (negative: from the future).
         self.last_chunk_age_ns: Optional[int] = None
+        self._busy: Dict[str, str] = {}
 
     # ---- inputs ---------------------------------------------------------------------------------
 
@@ -157,6 +161,17 @@ class Supervisor:
             return  # a malformed state is not a fresh state: the watchdog keeps timing
         self._measured[arm] = values
         self.watchdogs.joint_state(arm, now_ns)
+
+    def on_arm_busy(self, arm: str, what: str) -> None:
+        """What has ``arm`` now instead of the stream ("drag teaching", "moving home", ...; ""
+        when nothing has: the arm takes commands)."""
+        if arm not in self._arm_index:
+            raise ValueError(f"Supervisor.on_arm_busy: unknown arm {arm!r} (arms: {self.arms})")
+        self._busy[arm] = str(what)
+
+    def busy_arms(self) -> Dict[str, str]:
+        """The arms that something else has, with what."""
+        return {arm: what for arm, what in self._busy.items() if what}
 
     def on_leader(self, arm: str, positions: Sequence[float], now_ns: int) -> None:
         """A leader sample for ``arm``: the follower's joints + gripper, in its order.
@@ -226,6 +241,10 @@ class Supervisor:
                 return Answer(False, f"engaged with {self.source}: disengage before engaging "
                                      f"{source}")
             return Answer(True, f"already engaged ({source})")
+        busy = self.busy_arms()
+        if busy:
+            return Answer(False, f"cannot engage {source}: " + "; ".join(
+                f"the {arm} arm is {what}" for arm, what in sorted(busy.items())))
         faults = [f for f in self.watchdogs.check(now_ns) if f.rule in ("stale_joint_state",
                                                                        "lost_controller")]
         if source == TELEOP:
@@ -327,6 +346,20 @@ class Supervisor:
             self.watchdogs.engaged(None)
             self._previous = self._velocity = None
             return TickOutput(now_ns, self.mode, None, None, True, faults, (), self.arms)
+
+        busy = self.busy_arms()
+        if self.mode in (Mode.ENGAGED, Mode.DISENGAGING) and busy:
+            for arm in busy:
+                self.counts[("taken_over", arm)] += 1
+            self.mode = Mode.IDLE
+            self.reason = ("taken over (" + "; ".join(f"{arm}: {what}" for arm, what in
+                                                      sorted(busy.items()))
+                           + "): the other arms stopped, engage again")
+            self.executor.clear()
+            self.watchdogs.engaged(None)
+            self._previous = self._velocity = None
+            return TickOutput(now_ns, self.mode, None, None, True, faults, (),
+                              tuple(a for a in self.arms if a not in busy))
 
         if self.mode is Mode.IDLE or self._previous is None:
             return TickOutput(now_ns, self.mode, None, None, False, faults, (), stop)

@@ -16,7 +16,10 @@ as RealMan's own ROS driver pairs ``movel_cmd`` with ``movel_result`` (standard 
 no service that carries a pose). A move, like ``home`` and drag teaching, is refused while the
 arm is being commanded (an engaged supervisor streams to it: only the supervisor commands a
 driven arm), while another of them runs, and while the link is not ready; commands are refused
-while one runs, and ``stop`` works.
+while one runs, and ``stop`` works. What has the arm instead of the command stream ("homing",
+"moving to a pose", "drag teaching", also drag teaching switched on at the controller's own
+pendant; "" when nothing) is on ``busy`` (std_msgs/String, latched, sent on every change): the
+supervisor does not engage such an arm.
 
 Runs in the arm's namespace (``/left_arm``, ``/right_arm``). Joint states are published from
 the controller's realtime push as it arrives (100 Hz by default), joints in rad plus the gripper opening
@@ -40,7 +43,7 @@ import numpy as np
 from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
-from std_msgs.msg import Bool
+from std_msgs.msg import Bool, String
 from std_srvs.srv import SetBool, Trigger
 
 from ate_core.robot.config import BimanualConfig, simulated
@@ -49,10 +52,11 @@ from ate_core.runtime.arm_command import CommandChecker, CommandRejected
 from ate_core.runtime.joint_states import JointSample
 from ate_ros.conversions import pose_to_matrix, sample_to_joint_state
 from ate_ros.diagnostics import ERROR, OK, STALE, WARN, diagnostic_array, diagnostic_status
-from ate_ros.drivers.realman_arm import ArmState, Link, RealManArm
+from ate_ros.drivers.realman_arm import STATUS_CURRENT_DRAG, ArmState, Link, RealManArm
 from ate_ros.drivers.realman_sdk import describe_error
 from ate_ros.node_host import run_nodes
 from ate_ros.params import declare_config, declare_fixed
+from ate_ros.qos import LATCHED
 from ate_ros.realtime import raise_process_to_fifo
 from diagnostic_msgs.msg import DiagnosticArray
 
@@ -65,6 +69,8 @@ SHUTDOWN_STOP_WINDOW_S = 1.0
 DRIVEN_WINDOW_S = 0.5
 #: The frames a Cartesian move's pose may be given in: the robot's base ("" means it too).
 BASE_FRAMES = ("", "base_link")
+#: How often ``busy`` is looked at (also at once when a service or a move changes it).
+BUSY_POLL_S = 0.05
 
 
 class ArmNode(Node):
@@ -120,6 +126,9 @@ class ArmNode(Node):
         self._move_result_pub = self.create_publisher(Bool, "move_tcp_result", 10)
         self._move_thread: Optional[threading.Thread] = None
         self.create_service(SetBool, "drag_teach", self._srv_drag_teach)
+        self._busy_pub = self.create_publisher(String, cfg.topics.arm_busy, LATCHED)
+        self._busy_said: Optional[str] = None
+        self._busy_lock = threading.Lock()
         self.create_timer(1.0, self._publish_diagnostics)
 
         # Before the driver starts its threads and the SDK its own: they inherit the policy.
@@ -130,6 +139,8 @@ class ArmNode(Node):
                                  on_link=self._on_link,
                                  gripper_max_opening_m=cfg.gripper.max_opening_m)
         self.driver.start()
+        self._publish_busy()
+        self.create_timer(BUSY_POLL_S, self._publish_busy)
 
     def destroy_node(self) -> None:
         # From here on the driver's callbacks must not publish.
@@ -247,18 +258,35 @@ class ArmNode(Node):
             return self._answer(response, action(self.driver), "gripper")
         return handler
 
+    def busy(self) -> str:
+        """What has the arm instead of the command stream ("" when nothing has)."""
+        for thread, what in ((self._home_thread, "homing"), (self._move_thread, "moving to a pose")):
+            if thread is not None and thread.is_alive():
+                return what
+        if self.driver.busy:
+            return self.driver.busy
+        state = self.driver.state
+        if state is not None and state.status_code == STATUS_CURRENT_DRAG:
+            return "drag teaching (switched on at the controller)"
+        return ""
+
+    def _publish_busy(self) -> None:
+        if not self._alive():
+            return
+        with self._busy_lock:  # the timer and the move threads: one message per change, in order
+            busy = self.busy()
+            if busy != self._busy_said:
+                self._busy_said = busy
+                self._busy_pub.publish(String(data=busy))
+
     def _refusal(self) -> str:
         """Why a planned move or drag teaching cannot start now ("" if it can)."""
         if self.driver.link is not Link.READY:
             return f"link is {self.driver.link.value}"
         if time.monotonic() - self._commanded_at <= DRIVEN_WINDOW_S:
             return "the arm is being commanded (the supervisor is engaged)"
-        for thread, what in ((self._home_thread, "moving home"), (self._move_thread, "moving to a pose")):
-            if thread is not None and thread.is_alive():
-                return f"already {what}"
-        if self.driver.busy:
-            return f"the arm is {self.driver.busy}"
-        return ""
+        busy = self.busy()
+        return f"the arm is {busy}" if busy else ""
 
     def _srv_home(self, _request, response):
         refusal = self._refusal()
@@ -268,6 +296,7 @@ class ArmNode(Node):
         self._home_thread = threading.Thread(target=self._move_home, name=f"{self.side}-home",
                                              daemon=True)
         self._home_thread.start()
+        self._publish_busy()
         response.success, response.message = True, "home: moving; outcome on home_result"
         return response
 
@@ -289,6 +318,7 @@ class ArmNode(Node):
         self._move_thread = threading.Thread(target=self._move_to, args=(flange, linear, what),
                                              name=f"{self.side}-move-tcp", daemon=True)
         self._move_thread.start()
+        self._publish_busy()
 
     def _move_to(self, flange: np.ndarray, linear: bool, what: str) -> None:
         rc = self.driver.move_to_pose(flange, linear=linear)
@@ -307,6 +337,7 @@ class ArmNode(Node):
                 return response
         rc = self.driver.set_drag_teach(bool(request.data))
         self._last_command = None
+        self._publish_busy()
         state = "on" if request.data else "off"
         return self._answer(response, rc, f"drag teaching {state}")
 

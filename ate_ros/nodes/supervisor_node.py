@@ -1,6 +1,8 @@
 """The supervisor node: the only publisher of arm commands.
 
-Inputs: each arm's joint states, each camera's ``camera_info`` (a camera watchdog that costs no
+Inputs: each arm's joint states and what has it besides the command stream (``/{arm}_arm/busy``,
+latched: drag teaching, a planned move; such an arm is not engaged, and one taken over while
+engaged drops the supervisor to idle), each camera's ``camera_info`` (a camera watchdog that costs no
 image decoding), the policy's chunks on ``/ate/action_chunk`` and the teleop leaders' joints on
 ``/{arm}_arm/teleop_target`` (JointState in the follower's joint names, from ``teleop_node``
 or the jog). Outputs: one
@@ -29,6 +31,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, JointState
+from std_msgs.msg import String
 from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory
 
@@ -42,6 +45,7 @@ from ate_ros.conversions import ns_to_stamp
 from ate_ros.diagnostics import ERROR, OK, WARN, diagnostic_array, diagnostic_status
 from ate_ros.node_host import GIL_SWITCH_INTERVAL_S, run_nodes
 from ate_ros.params import declare_config
+from ate_ros.qos import LATCHED
 from ate_ros.realtime import raise_process_to_fifo, raise_to_fifo
 
 
@@ -83,6 +87,8 @@ class SupervisorNode(Node):
             self.create_subscription(JointState, f"/{side}_arm/{cfg.topics.arm_joint_states}",
                                      lambda msg, s=side: self._on_joint_state(s, msg),
                                      qos_profile_sensor_data)
+            self.create_subscription(String, f"/{side}_arm/{cfg.topics.arm_busy}",
+                                     lambda msg, s=side: self._on_busy(s, msg), LATCHED)
         for cam in cfg.cameras:
             self.create_subscription(CameraInfo, f"{cfg.topics.cameras}/{cam}/camera_info",
                                      lambda _msg, c=cam: self._on_camera(c),
@@ -171,6 +177,10 @@ class SupervisorNode(Node):
             positions = [msg.position[index[n]] for n in names]
         with self._lock:
             self.supervisor.on_joint_state(side, positions, self._now_ns())
+
+    def _on_busy(self, side: str, msg: String) -> None:
+        with self._lock:
+            self.supervisor.on_arm_busy(side, msg.data)
 
     def _on_leader(self, side: str, msg: JointState) -> None:
         names = self._arm_names[side]
@@ -310,6 +320,7 @@ class SupervisorNode(Node):
             executor = sup.executor.stats
             published = self.commands_published
             chunk_age_ns = sup.last_chunk_age_ns
+            busy = sup.busy_arms()
             out = self._last_output
         faults = out.faults if out is not None else ()
         if mode is Mode.ESTOPPED:
@@ -327,6 +338,7 @@ class SupervisorNode(Node):
                      for k, v in timing.items()},
                   "chunks_added": executor.chunks_added,
                   "commands_published": published,
+                  **{f"busy.{arm}": busy.get(arm, "no") for arm in self.supervisor.arms},
                   "last_chunk_rejection": self._last_rejection or "none",
                   # Arrival minus stamp of the newest chunk: negative means the policy's clock
                   # is ahead of this one (beyond executor.max_future_s such chunks are refused).

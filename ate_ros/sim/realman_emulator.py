@@ -368,6 +368,14 @@ class RealManEmulator:
         with self._lock:
             return self._controller.motion.hand_guide(q_rad)
 
+    def pendant_drag(self, on: bool) -> bool:
+        """Drag teaching switched on or off at the teach pendant, not through the SDK: nothing
+        is recorded, and only the push's arm status (`current_drag`) tells a driver. False when
+        it cannot (off: it was not on; on: the arm is not powered)."""
+        with self._lock:
+            motion = self._controller.motion
+            return motion.start_drag(record=False) if on else motion.stop_drag()
+
     def raise_error(self, code: int) -> None:
         """Latch a system error code; it shows in `err` until `clear_system_err`."""
         with self._lock:

@@ -9,8 +9,9 @@ answering them, and sends no completion events; the UDP push goes on unless it i
 The control port (`--control-port`) takes text lines over TCP and answers each with one JSON
 line: `ping`, `drop`, `refuse on|off`, `push on|off`, `push_delay <ms>`, `error <code>`
 (decimal or 0x..), `clear_errors`, `unresponsive on|off`, `state`, `commands [name]`,
-`clear_commands`, and `hand <deg> ...` (one angle per joint: while drag teaching is on, a hand
-pushes the arm there; `ok` is false otherwise). `ate_ros.sim.bimanual` reads a running
+`clear_commands`, `drag on|off` (drag teaching switched at the teach pendant: the push's arm
+status says it, the SDK is not told) and `hand <deg> ...` (one angle per joint: while drag
+teaching is on, a hand pushes the arm there; `ok` is false otherwise). `ate_ros.sim.bimanual` reads a running
 emulator's state through it.
 """
 
@@ -68,6 +69,8 @@ class FaultTarget(Protocol):
 
     def hand_guide(self, q_rad: List[float]) -> bool: ...
 
+    def pendant_drag(self, on: bool) -> bool: ...
+
 
 def control_reply(target: FaultTarget, line: str) -> Json:
     """Run one control-port line on `target`; its reply (`ok` false with an `error` when the
@@ -109,6 +112,11 @@ def control_reply(target: FaultTarget, line: str) -> Json:
             return {"ok": True, "commands": [asdict(c) for c in target.commands(name)]}
         elif cmd == "clear_commands":
             target.clear_commands()
+        elif cmd == "drag":
+            on = on_off()
+            if not target.pendant_drag(on):
+                return {"ok": False, "error": "drag teaching was not on" if not on
+                        else "the arm is not powered"}
         elif cmd == "hand":
             if not args:
                 raise ValueError("hand needs one angle (deg) per joint")
