@@ -6,7 +6,8 @@ A leader is any JointState source, one topic per follower arm (``teleop.leader_t
 - a second pair of RealMan arms read through RealMan's SDK: their own arm nodes in the
   ``/leader`` namespace (``ros2 run ate_ros arm_node --ros-args -r __ns:=/leader/left_arm -p
   arm:=left -p config_file:=leader.yaml``, the leader pair's addresses in that file), put in
-  drag-teach mode on their pendant. They name their joints as the followers do;
+  drag-teach mode on their pendant or with ``/leader/{arm}_arm/drag_teach``. They name their
+  joints as the followers do;
 - any device that publishes the joints and gripper (``joint1``..., ``gripper``, with any prefix,
   or exactly one nameless value per follower joint, in the follower's order).
 
