@@ -138,6 +138,20 @@ def test_moves_and_drag_teaching_are_refused_while_the_arm_is_commanded_or_the_p
         assert len(rig.emulators["left"].commands("movej_p")) == 1  # only the reachable-frame one
 
 
+def switch_drag_teaching(ros, side: str, on: bool, timeout_s: float = 15.0) -> None:
+    """Drag teaching on or off, asked again while the arm's link is down: on a loaded machine,
+    with both arms and the recorder in this process, pushes have come in bursts after a second
+    of silence, and the driver then reconnects (its own recovery) while a call fails."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        answer = ros.call(SetBool, f"/{side}_arm/drag_teach", SetBool.Request(data=on))
+        if answer.success:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"drag teaching {'on' if on else 'off'}: {answer.message}")
+        time.sleep(0.1)
+
+
 def test_a_drag_taught_motion_is_recorded_and_converts_to_an_episode(ros, tmp_path: Path):
     with emulated_arms(ros) as rig:
         # No camera runs here: the take's contract holds the arms' streams only.
@@ -146,8 +160,7 @@ def test_a_drag_taught_motion_is_recorded_and_converts_to_an_episode(ros, tmp_pa
         recorder = ros.start(RecorderNode, config=cfg)
         start = measured(rig, "left")
         goal = start + np.radians([15, -10, 5, 10, 0, -10, 20])
-        answer = ros.call(SetBool, "/left_arm/drag_teach", SetBool.Request(data=True))
-        assert answer.success, answer.message
+        switch_drag_teaching(ros, "left", True)
         ros.wait_for(lambda: rig.emulators["left"].arm_status == "current_drag", 2.0, "drag mode")
         # The test's own view of the arms' streams, as deep as the recorder's queue.
         topics = {side: f"/{side}_arm/joint_states" for side in rig.states}
@@ -161,9 +174,9 @@ def test_a_drag_taught_motion_is_recorded_and_converts_to_an_episode(ros, tmp_pa
         # Counted after the clear: a message in between makes the recorder need one more.
         base = {side: take.received(topic) for side, topic in topics.items()}
         time.sleep(0.3)
-        # A hand moves the arm in small steps, as a person does, over about 1.5 s.
-        for k in range(1, 31):
-            assert rig.emulators["left"].hand_guide(start + (goal - start) * k / 30)
+        # A hand moves the arm in small steps, as a person does, over about 3 s.
+        for k in range(1, 61):
+            assert rig.emulators["left"].hand_guide(start + (goal - start) * k / 60)
             time.sleep(0.05)
         at_goal = ros.wait_for(lambda: next((m for m in inboxes["left"].messages if np.allclose(
             m.position[:7], goal, atol=1e-4)), None), 10.0, "the arm where the hand left it")
@@ -181,8 +194,7 @@ def test_a_drag_taught_motion_is_recorded_and_converts_to_an_episode(ros, tmp_pa
                      "the recorder caught up with the joint states")
         answer = ros.call(SetBool, "/recorder/stop", SetBool.Request(data=True))
         assert answer.success, answer.message
-        answer = ros.call(SetBool, "/left_arm/drag_teach", SetBool.Request(data=False))
-        assert answer.success, answer.message
+        switch_drag_teaching(ros, "left", False)
         assert not rig.emulators["left"].hand_guide(start)
         ros.wait_for(lambda: recorder._take is None, 10.0, "the take saved")
 
@@ -206,23 +218,31 @@ def test_the_supervisor_engages_no_arm_that_something_else_has(ros):
         busy = {side: ros.subscribe(String, f"/{side}_arm/busy", qos=LATCHED) for side in SIDES}
         ros.wait_for(lambda: all(len(b) and b.messages[-1].data == "" for b in busy.values()),
                      5.0, "both arms free, latched")
-        answer = ros.call(SetBool, "/left_arm/drag_teach", SetBool.Request(data=True))
-        assert answer.success, answer.message
+        switch_drag_teaching(ros, "left", True)
         ros.wait_for(lambda: node.supervisor.busy_arms() == {"left": "drag teaching"}, 5.0,
                      "the supervisor told of the drag teaching")
         answer = ros.call(SetBool, "/ate/engage", SetBool.Request(data=True))
         assert not answer.success and "the left arm is drag teaching" in answer.message
         assert not rig.emulators["right"].commands("movej_canfd")  # neither arm was commanded
-
-        assert ros.call(SetBool, "/left_arm/drag_teach", SetBool.Request(data=False)).success
+        switch_drag_teaching(ros, "left", False)
         ros.wait_for(lambda: not node.supervisor.busy_arms(), 5.0, "the arm free again")
-        engage(ros)
-        ros.wait_for(lambda: all(len(rig.emulators[s].commands("movej_canfd")) > 10 for s in SIDES),
-                     5.0, "both arms commanded")
+
         # Drag teaching switched on at the right arm's pendant while engaged: the push says so,
         # the supervisor lets go of the arms and stops the left one, not the one in a hand.
-        assert rig.emulators["right"].pendant_drag(True)
-        ros.wait_for(lambda: node.supervisor.mode is Mode.IDLE, 5.0, "the supervisor idle")
+        # (On a loaded machine a burst-delayed push can make it lose a controller first, which
+        # stops both arms for another reason: then it is engaged again.)
+        for attempt in range(3):
+            for emulator in rig.emulators.values():
+                emulator.clear_commands()
+            engage(ros)
+            ros.wait_for(lambda: all(len(rig.emulators[s].commands("movej_canfd")) > 10
+                                     for s in SIDES), 5.0, "both arms commanded")
+            assert rig.emulators["right"].pendant_drag(True)
+            ros.wait_for(lambda: node.supervisor.mode is Mode.IDLE, 5.0, "the supervisor idle")
+            if "controller lost" not in node.supervisor.reason:
+                break
+            assert rig.emulators["right"].pendant_drag(False)
+            ros.wait_for(lambda: not node.supervisor.busy_arms(), 5.0, "the arm free again")
         assert "taken over (right: drag teaching (switched on at the controller))" \
             in node.supervisor.reason
         ros.wait_for(lambda: rig.emulators["left"].commands("set_arm_stop"), 3.0,
