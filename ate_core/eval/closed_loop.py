@@ -26,7 +26,7 @@ integer nanoseconds on that clock:
   by default (``latency_ms``, 100 ms), so that an evaluation is a function of the checkpoint and
   the seeds alone and two machines agree on it; ``latency_ms=None`` uses the wall time each
   inference really took, which makes the result depend on the machine and its load. 100 ms is
-  the order of a policy on a GPU; the default policy configs take 190-730 ms on the robot PC's
+  the order of a policy on a GPU; the default policy configs take 170-780 ms on the robot PC's
   two CPU cores (``bench/policy_latency.py``), so set the deployment's measured p50 to judge a
   policy as it will run there. A chunk with no latency at all arrives at the next event (at
   most one joint-state period later). The next
