@@ -42,6 +42,8 @@ N = TypeVar("N", bound=Node)
 #: control period). Lower means a little more switching overhead for much shorter tails.
 GIL_SWITCH_INTERVAL_S = 0.0005
 
+#: Longest time a host's executor thread takes to see that it is to stop (``NodeHost.close``).
+SPIN_POLL_S = 0.05
 #: Longest time a node executable takes to notice SIGINT or SIGTERM (see ``spin_nodes``).
 SIGNAL_POLL_S = 0.1
 #: A shutdown still running after this long dumps every thread's stack to stderr (launch
@@ -56,12 +58,17 @@ class NodeHost:
         self.executor = SingleThreadedExecutor(context=self.context)
         self._nodes: List[Node] = []
         self._closed = False
+        self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._spin, name=f"{name}-executor", daemon=True)
         self._thread.start()
 
     def _spin(self) -> None:
+        # Not executor.spin(): shutting the executor down from another thread destroys its guard
+        # condition under a callback that is finishing (rclpy's InvalidHandle, in this thread).
+        # The loop ends between two callbacks instead, and the executor is shut down after it.
         try:
-            self.executor.spin()
+            while not self._stopping.is_set() and self.context.ok():
+                self.executor.spin_once(timeout_sec=SPIN_POLL_S)
         except ExternalShutdownException:
             pass
 
@@ -88,8 +95,10 @@ class NodeHost:
         if self._closed:
             return
         self._closed = True
-        self.executor.shutdown(timeout_sec=timeout_s)
+        self._stopping.set()
+        self.executor.wake()
         self._thread.join(timeout_s)
+        self.executor.shutdown(timeout_sec=timeout_s)
         for node in reversed(self._nodes):
             node.destroy_node()
         self._nodes.clear()
