@@ -163,7 +163,7 @@ class Supervisor:
         self.watchdogs.joint_state(arm, now_ns)
 
     def on_arm_busy(self, arm: str, what: str) -> None:
-        """What has ``arm`` now instead of the stream ("drag teaching", "moving home", ...; ""
+        """What has ``arm`` now instead of the stream ("drag teaching", "homing", ...; ""
         when nothing has: the arm takes commands)."""
         if arm not in self._arm_index:
             raise ValueError(f"Supervisor.on_arm_busy: unknown arm {arm!r} (arms: {self.arms})")
@@ -317,6 +317,16 @@ class Supervisor:
             self._velocity = np.zeros_like(self._ramp_from)
             self._new_series = True
 
+    def _drop_to_idle(self, now_ns: int, faults: Tuple[Fault, ...], reason: str,
+                      stop: Tuple[str, ...]) -> TickOutput:
+        """Let go of the arms at once (no deceleration: see the callers), telling ``stop`` to."""
+        self.mode = Mode.IDLE
+        self.reason = reason
+        self.executor.clear()
+        self.watchdogs.engaged(None)
+        self._previous = self._velocity = None
+        return TickOutput(now_ns, self.mode, None, None, True, faults, (), stop)
+
     def tick(self, now_ns: int) -> TickOutput:
         faults = self.watchdogs.check(now_ns)
         for fault in faults:  # count onsets, not ticks; a source never heard yet is starting up
@@ -340,26 +350,19 @@ class Supervisor:
 
         if self.mode in (Mode.ENGAGED, Mode.DISENGAGING) and any(f.reaction == STOP for f in faults):
             lost = sorted({f.source for f in faults if f.reaction == STOP})
-            self.mode = Mode.IDLE
-            self.reason = f"controller lost ({', '.join(lost)}): arms stopped, engage again"
-            self.executor.clear()
-            self.watchdogs.engaged(None)
-            self._previous = self._velocity = None
-            return TickOutput(now_ns, self.mode, None, None, True, faults, (), self.arms)
+            return self._drop_to_idle(
+                now_ns, faults, f"controller lost ({', '.join(lost)}): arms stopped, engage again",
+                self.arms)
 
-        busy = self.busy_arms()
-        if self.mode in (Mode.ENGAGED, Mode.DISENGAGING) and busy:
+        busy = self.busy_arms() if self.mode in (Mode.ENGAGED, Mode.DISENGAGING) else {}
+        if busy:
             for arm in busy:
                 self.counts[("taken_over", arm)] += 1
-            self.mode = Mode.IDLE
-            self.reason = ("taken over (" + "; ".join(f"{arm}: {what}" for arm, what in
-                                                      sorted(busy.items()))
-                           + "): the other arms stopped, engage again")
-            self.executor.clear()
-            self.watchdogs.engaged(None)
-            self._previous = self._velocity = None
-            return TickOutput(now_ns, self.mode, None, None, True, faults, (),
-                              tuple(a for a in self.arms if a not in busy))
+            return self._drop_to_idle(
+                now_ns, faults, "taken over (" + "; ".join(
+                    f"{arm}: {what}" for arm, what in sorted(busy.items()))
+                + "): the other arms stopped, engage again",
+                tuple(a for a in self.arms if a not in busy))
 
         if self.mode is Mode.IDLE or self._previous is None:
             return TickOutput(now_ns, self.mode, None, None, False, faults, (), stop)
